@@ -1,0 +1,60 @@
+"""The `emu` command. Commands are thin: options, then one call into the
+library. Heavy modules (numba, scapy, the kernels) are imported inside the
+commands so that `emu --help` and `emu --version` start fast and compile nothing."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from emu import __version__
+from emu.errors import EmuError
+
+app = typer.Typer(
+    name="emu",
+    help="Packet-level emulator of Kubernetes networking: real frames, Wireshark-ready captures.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_state = {"verbose": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"emu {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks on errors."),
+) -> None:
+    _state["verbose"] = verbose
+
+
+@app.command()
+def demo(
+    output: Path = typer.Option(Path("demo.pcapng"), "--output", "-o", help="Capture to write."),
+    seed: int = typer.Option(1, help="Seed for every random choice."),
+) -> None:
+    """Run the kernel demo: route, balance, track and checksum a batch of real frames, write a capture."""
+    from emu.demo import run_demo
+
+    run_demo(output, seed=seed)
+
+
+def main() -> None:
+    try:
+        app()
+    except EmuError as e:
+        if _state["verbose"]:
+            raise
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+        sys.exit(2)
