@@ -48,6 +48,9 @@ class Drop(IntEnum):
     PORT_UNREACHABLE = 57    # no socket listens: ICMP port unreachable / TCP RST
     LINK_DOWN = 58           # the device or its peer is down
     BRIDGE_NO_PORT = 59      # bridge has no port to send it to (hairpin off)
+    FORWARDING_OFF = 60      # not for this host and ip_forward=0 (pods): counted, no ICMP
+    MAC_INVALID_SOURCE = 61  # source MAC multicast or zero (bridge: SKB_DROP_REASON_MAC_INVALID_SOURCE)
+    REASSEMBLY_TIMEOUT = 62  # fragments of a datagram not all in within ipfrag_time
     # -- policy and services (later issues) -----------------------------------
     SERVICE_NO_ENDPOINTS = 64  # kube-proxy REJECT: Service without endpoints
     SERVICE_NO_LOCAL = 65      # traffic policy Local with no local endpoint

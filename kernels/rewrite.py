@@ -1,0 +1,176 @@
+"""Header rewrites in place over a packet buffer: TTL decrement, MAC
+addresses, VXLAN encapsulation. Checksums are kept right incrementally
+(RFC 1624) or recomputed (a new outer header).
+
+Every function takes the flat byte buffer and, per packet, absolute
+offsets; the caller (the data plane) owns the layout and its headroom.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from kernels import _check
+from kernels._jit import jit
+
+VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8 (RFC 7348)
+
+
+@jit
+def csum_replace16(csum, old, new):
+    """RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m') for one 16-bit word change."""
+    s = (~np.int64(csum) & 0xFFFF) + (~np.int64(old) & 0xFFFF) + np.int64(new)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+@jit
+def _decrement_ttl(buf, l3):
+    for i in range(len(l3)):
+        p = l3[i]
+        old = (np.int64(buf[p + 8]) << 8) | np.int64(buf[p + 9])
+        ttl = (np.int64(buf[p + 8]) - 1) & 0xFF
+        new = (ttl << 8) | np.int64(buf[p + 9])
+        csum = (np.int64(buf[p + 10]) << 8) | np.int64(buf[p + 11])
+        c = csum_replace16(csum, old, new)
+        buf[p + 8] = ttl
+        buf[p + 10] = c >> 8
+        buf[p + 11] = c & 0xFF
+
+
+def decrement_ttl(buf: np.ndarray, l3_offsets: np.ndarray) -> None:
+    """TTL - 1 and the IPv4 header checksum updated, at each absolute IPv4 header offset."""
+    buf = _check.array(buf, "buf", np.uint8)
+    l3_offsets = _check.array(l3_offsets, "l3_offsets", np.int64)
+    _check.in_range(l3_offsets, "l3_offsets", 0, len(buf) - 20)
+    _decrement_ttl(buf, l3_offsets)
+
+
+@jit
+def _set_macs(buf, starts, dst, src):
+    for i in range(len(starts)):
+        p = starts[i]
+        d = dst[i]
+        s = src[i]
+        for b in range(6):
+            shift = np.uint64(8 * (5 - b))
+            buf[p + b] = (d >> shift) & np.uint64(0xFF)
+            buf[p + 6 + b] = (s >> shift) & np.uint64(0xFF)
+
+
+def set_macs(buf: np.ndarray, starts: np.ndarray, dst: np.ndarray, src: np.ndarray) -> None:
+    """Write destination and source MACs (uint64, 48 bits) at each frame start."""
+    buf = _check.array(buf, "buf", np.uint8)
+    starts = _check.array(starts, "starts", np.int64)
+    dst = _check.array(dst, "dst", np.uint64)
+    src = _check.array(src, "src", np.uint64)
+    _check.same_length(starts=starts, dst=dst, src=src)
+    _check.in_range(starts, "starts", 0, len(buf) - 12)
+    _set_macs(buf, starts, dst, src)
+
+
+@jit
+def _put16(buf, p, v):
+    buf[p] = (v >> 8) & 0xFF
+    buf[p + 1] = v & 0xFF
+
+
+@jit
+def _vxlan_encap(buf, start, length, slots, src_ip, dst_ips, sports, dport, vni, ttl, ip_ids):
+    for i in range(len(slots)):
+        s = slots[i]
+        inner_len = length[s]
+        p = start[s] - 50
+        for b in range(12):          # outer MACs: filled by the neighbour output
+            buf[p + b] = 0
+        _put16(buf, p + 12, 0x0800)
+        ip = p + 14
+        total = 20 + 8 + 8 + inner_len
+        buf[ip] = 0x45
+        buf[ip + 1] = 0              # TOS 0 (Linux vxlan default: tos 0)
+        _put16(buf, ip + 2, total)
+        _put16(buf, ip + 4, np.int64(ip_ids[i]))
+        _put16(buf, ip + 6, 0)       # outer DF not set (vxlan "df unset")
+        buf[ip + 8] = ttl
+        buf[ip + 9] = 17
+        _put16(buf, ip + 10, 0)
+        d = np.int64(dst_ips[i])
+        for b in range(4):
+            buf[ip + 12 + b] = (src_ip >> (8 * (3 - b))) & 0xFF
+            buf[ip + 16 + b] = (d >> (8 * (3 - b))) & 0xFF
+        acc = np.int64(0)
+        for w in range(10):
+            acc += (np.int64(buf[ip + 2 * w]) << 8) | np.int64(buf[ip + 2 * w + 1])
+        acc = (acc & 0xFFFF) + (acc >> 16)
+        acc = (acc & 0xFFFF) + (acc >> 16)
+        _put16(buf, ip + 10, ~acc & 0xFFFF)
+        udp = ip + 20
+        _put16(buf, udp, np.int64(sports[i]))
+        _put16(buf, udp + 2, dport)
+        _put16(buf, udp + 4, 8 + 8 + inner_len)
+        _put16(buf, udp + 6, 0)      # zero UDP checksum over IPv4 (RFC 7348, Linux default)
+        vx = udp + 8
+        buf[vx] = 0x08               # I flag: VNI valid
+        buf[vx + 1] = 0
+        buf[vx + 2] = 0
+        buf[vx + 3] = 0
+        buf[vx + 4] = (vni >> 16) & 0xFF
+        buf[vx + 5] = (vni >> 8) & 0xFF
+        buf[vx + 6] = vni & 0xFF
+        buf[vx + 7] = 0
+        start[s] = p
+        length[s] = inner_len + 50
+
+
+def vxlan_encap(buf, start, length, slots, src_ip: int, dst_ips, sports, dport: int, vni: int,
+                ttl: int, ip_ids) -> None:
+    """Push outer Ethernet/IPv4/UDP/VXLAN headers in front of packets[slots]
+    (start/length are the pool's per-slot columns, updated in place). The
+    outer MACs are left zero for the neighbour output to fill."""
+    buf = _check.array(buf, "buf", np.uint8)
+    start = _check.array(start, "start", np.int64)
+    length = _check.array(length, "length", np.int64)
+    slots = _check.array(slots, "slots", np.int32)
+    dst_ips = _check.array(dst_ips, "dst_ips", np.uint32)
+    sports = _check.array(sports, "sports", np.uint16)
+    ip_ids = _check.array(ip_ids, "ip_ids", np.uint16)
+    _check.same_length(slots=slots, dst_ips=dst_ips, sports=sports, ip_ids=ip_ids)
+    _check.in_range(slots, "slots", 0, len(start) - 1)
+    _check.integer(src_ip, "src_ip", 0, 0xFFFFFFFF)
+    _check.integer(dport, "dport", 0, 0xFFFF)
+    _check.integer(vni, "vni", 0, 0xFFFFFF)
+    _check.integer(ttl, "ttl", 1, 255)
+    if len(slots):
+        if np.any(start[slots] < VXLAN_OVERHEAD):
+            raise ValueError("no headroom for the VXLAN header")
+        if np.any(start[slots] + length[slots] > len(buf)) or np.any(length[slots] + 50 > 0xFFFF - 20):
+            raise ValueError("frame past the end of buf or too long to encapsulate")
+    _vxlan_encap(buf, start, length, slots, np.int64(src_ip), dst_ips, sports, np.int64(dport),
+                 np.int64(vni), np.int64(ttl), ip_ids)
+
+
+@jit
+def _copy_ranges(src, src_starts, lengths, dst, dst_starts):
+    for i in range(len(src_starts)):
+        s = src_starts[i]
+        d = dst_starts[i]
+        for b in range(lengths[i]):
+            dst[d + b] = src[s + b]
+
+
+def copy_ranges(src: np.ndarray, src_starts: np.ndarray, lengths: np.ndarray,
+                dst: np.ndarray, dst_starts: np.ndarray) -> None:
+    """dst[dst_starts[i]:+lengths[i]] = src[src_starts[i]:+lengths[i]] for every i
+    (gathers frames into a capture buffer, or copies them into new slots)."""
+    src = _check.array(src, "src", np.uint8)
+    dst = _check.array(dst, "dst", np.uint8)
+    src_starts = _check.array(src_starts, "src_starts", np.int64)
+    dst_starts = _check.array(dst_starts, "dst_starts", np.int64)
+    lengths = _check.array(lengths, "lengths", np.int64)
+    _check.same_length(src_starts=src_starts, lengths=lengths, dst_starts=dst_starts)
+    if len(lengths):
+        _check.in_range(lengths, "lengths", 0, max(len(src), len(dst)))
+        if (src_starts.min() < 0 or dst_starts.min() < 0 or np.max(src_starts + lengths) > len(src)
+                or np.max(dst_starts + lengths) > len(dst)):
+            raise ValueError("copy_ranges: a range lies outside its buffer")
+    _copy_ranges(src, src_starts, lengths, dst, dst_starts)
