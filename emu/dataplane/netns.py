@@ -17,7 +17,7 @@ that craft frames with Scapy.
 
 Simplifications (said here so nobody is surprised):
 - Neighbour entries, once resolved, stay REACHABLE (no STALE/DELAY/PROBE
-  cycle); an unanswered ARP request is retried mcast_solicit=3 times one
+  cycle); an unanswered ARP request is broadcast mcast_solicit=3 times one
   second apart (retrans_time), then the entry is FAILED and its queue dropped
   with ICMP host unreachable, as Linux does.
 - ICMP errors are not rate limited (Linux's icmp_ratelimit is).
@@ -40,7 +40,7 @@ from kernels.drop import Drop
 HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 
 # ARP (net/ipv4/arp.c, neigh defaults)
-ARP_RETRIES = 3               # mcast_solicit
+ARP_PROBES = 3                # mcast_solicit: broadcast requests before FAILED
 ARP_RETRANS_NS = 1_000_000_000  # retrans_time_ms = 1000
 UNRES_QLEN = 101              # unres_qlen: packets queued per unresolved neighbour
 
@@ -55,7 +55,7 @@ class Interface:
     port: Port              # engine port (unlinked for VXLAN devices: taps still see it)
     mac: int
     mtu: int
-    kind: str = "ether"     # ether | vxlan
+    kind: str = "ether"     # ether | vxlan | loopback
     addrs: list[tuple[int, int]] = field(default_factory=list)  # (ip, prefix length)
     # VXLAN device settings (kind == "vxlan")
     vni: int = -1
@@ -124,6 +124,16 @@ class Netns(Device):
         iface = self.add_interface(name, mac, mtu)
         iface.kind, iface.vni, iface.dstport, iface.local_ip = "vxlan", vni, dstport, ipv4.aton(local_ip)
         return iface
+
+    def _loopback(self) -> Interface:
+        """`lo`, made when first used: 127.0.0.1/8, MAC 0, MTU 65536."""
+        for i in self.ifaces:
+            if i.name == "lo":
+                return i
+        lo = self.add_interface("lo", 0, mtu=65536)
+        lo.kind = "loopback"
+        self.add_address("lo", "127.0.0.1/8")
+        return lo
 
     def iface(self, name: str) -> Interface:
         for i in self.ifaces:
@@ -232,6 +242,7 @@ class Netns(Device):
         is_ip = ok & ((h.flags & parse.IPV4) != 0)
         if is_ip.any():
             sel = np.nonzero(is_ip)[0]
+            _flow_hashes(engine, slots[sel], _take(h, sel))
             notes[sel] = self._ip_input(engine, ifx[sel], slots[sel], times[sel], _take(h, sel))
         return notes
 
@@ -290,7 +301,7 @@ class Netns(Device):
             entry = self.neigh.get((ifindex, ip))
             if entry is None or entry.state != "INCOMPLETE":
                 return
-            if entry.probes < ARP_RETRIES:
+            if entry.probes < ARP_PROBES:
                 entry.probes += 1
                 self._arp_solicit(engine, ifindex, ip, engine.now, src_hint)
                 engine.at(engine.now + ARP_RETRANS_NS, fire)
@@ -475,6 +486,11 @@ class Netns(Device):
         pkt_id = int(pool.pkt_id[slot])
         slots, times = np.array([slot], np.int32), np.array([time], np.int64)
         dst = int.from_bytes(packet[16:20], "big")
+        if dst in self._local:  # the local table: out and back in through lo
+            lo = self._loopback()
+            engine.observe(lo.port.id, slots, times, engine.note(note))
+            self._input(engine, np.array([lo.index], np.int32), slots, times)
+            return pkt_id
         r = self.route(dst)
         if r < 0:  # ENETUNREACH to the sender
             engine.drop(self, slots, Drop.NO_ROUTE, times)
@@ -611,8 +627,7 @@ class Netns(Device):
             return
         slots, times, h, remote = slots[keep], times[keep], _take(h, keep), remote[keep]
         # Linux picks the outer source port with udp_flow_src_port() from the inner flow hash
-        inner_hash = hashing.flow_hash(h.ip_src, h.ip_dst, h.sport, h.dport, h.ip_proto, engine.seed)
-        sport = hashing.udp_source_port(inner_hash, 0, 0)
+        sport = hashing.udp_source_port(_flow_hashes(engine, slots, h), 0, 0)
         rewrite.vxlan_encap(pool.buf, pool.start, pool.length, slots, dev.local_ip, remote,
                             sport, dev.dstport, dev.vni, ipv4.DEFAULT_TTL, self._next_ip_ids(len(slots)))
         routes = lpm.lookup(self._fib_table(), remote)
@@ -689,6 +704,21 @@ def _reassembled(q) -> bytes | None:
     total = (total & 0xFFFF) + (total >> 16)
     header[10:12] = (~total & 0xFFFF).to_bytes(2, "big")
     return bytes(header) + bytes(data)
+
+
+def _flow_hashes(engine, slots, h) -> np.ndarray:
+    """The packets' flow hashes (skb->hash): computed once from the 5-tuple
+    (ICMP queries by their id) and then carried with the packet across hops."""
+    pool = engine.pool
+    have = pool.flow_hash[slots]
+    todo = have == 0
+    if todo.any():
+        t = np.nonzero(todo)[0]
+        icmp = h.ip_proto[t] == ipv4.PROTO_ICMP
+        dport = np.where(icmp, 0, h.dport[t]).astype(np.uint16)  # sequence numbers are not flow
+        have[t] = hashing.flow_hash(h.ip_src[t], h.ip_dst[t], h.sport[t], dport, h.ip_proto[t], engine.seed)
+        pool.flow_hash[slots[t]] = have[t]
+    return have
 
 
 def _take(h: parse.Headers, index) -> parse.Headers:
