@@ -170,3 +170,61 @@ def test_same_seed_same_bytes_across_processes(tmp_path):
         subprocess.run([sys.executable, "-c", code, str(p)], check=True, cwd=ROOT)
         outs.append(p.read_bytes())
     assert outs[0] == outs[1] and len(outs[0]) > 1000
+
+
+def test_classic_pcap_per_interface(tmp_path):
+    eng, net = _network()
+    _ping(eng, net["pods"]["pod-a"], "10.244.0.2", "10.244.1.2")
+    eng.run()
+    paths = eng.taps.write_pcaps(tmp_path / "pcaps")
+    names = {p.name for p in paths}
+    assert {"pod-a_eth0.pcap", "node-1_flannel.1.pcap", "underlay_port1.pcap"} <= names
+    flannel = rdpcap(str(tmp_path / "pcaps" / "node-1_flannel.1.pcap"))
+    assert [f[ICMP].type for f in flannel if f.haslayer(ICMP)] == [8, 0]
+    assert problems(tmp_path / "pcaps" / "underlay_port1.pcap") == []
+
+
+def test_conntrack_states_on_the_nodes(tmp_path):
+    from emu.dataplane import conntrack as ctm
+    from emu.hosts.ping import Ping
+
+    eng, net = _network()
+    a = net["pods"]["pod-a"]
+    Ping(eng, a, "10.244.1.2", count=2).start()
+    Ping(eng, a, "10.244.1.2", ttl=1, start_ns=5_000_000_000).start()
+    eng.run()
+    path = _write(eng, tmp_path)
+    rows = fields(path, "frame.interface_name", "icmp.type", "frame.comment",
+                  display_filter='frame.interface_name == "node-1/cni0" && icmp')
+    states = [(r[1].split(",")[0], r[2].rsplit("[ct ", 1)[-1].rstrip("]")) for r in rows]
+    # first request NEW, its reply and everything after ESTABLISHED; the TTL-1 probe is a new
+    # flow (NEW) and node-1's time exceeded about it is RELATED
+    assert states[:4] == [("8", "NEW"), ("0", "ESTABLISHED"), ("8", "ESTABLISHED"), ("0", "ESTABLISHED")]
+    assert ("8", "NEW") in states[4:] and ("11", "RELATED") in states[4:]
+    node1 = net["nodes"]["node-1"].ns
+    echo = [e for e in node1.conntrack.entries() if e["proto"] == 1 and e["orig_sport"] == 0x1000]
+    assert len(echo) == 1 and echo[0]["status"] & 0x2  # IPS_SEEN_REPLY
+
+
+def test_tcp_tracker_transitions():
+    from emu.dataplane.conntrack import (ACK, CLOSE, CLOSE_WAIT, FIN, FIN_WAIT, LAST_ACK, NONE, RST, SYN,
+                                         SYN_RECV, SYN_SENT, TCP_ESTABLISHED, TIME_WAIT, tcp_next)
+    from kernels.conntrack import ORIGINAL, REPLY
+
+    s = tcp_next(NONE, SYN, ORIGINAL)
+    assert s == SYN_SENT
+    s = tcp_next(s, SYN | ACK, REPLY)
+    assert s == SYN_RECV
+    s = tcp_next(s, ACK, ORIGINAL)
+    assert s == TCP_ESTABLISHED
+    s = tcp_next(s, FIN | ACK, ORIGINAL)
+    assert s & 0x7F == FIN_WAIT
+    s = tcp_next(s, ACK, REPLY)
+    assert s & 0x7F == CLOSE_WAIT
+    s = tcp_next(s, FIN | ACK, REPLY)
+    assert s & 0x7F == LAST_ACK
+    s = tcp_next(s, ACK, ORIGINAL)
+    assert s & 0x7F == TIME_WAIT
+    assert tcp_next(TCP_ESTABLISHED, RST, REPLY) == CLOSE
+    assert tcp_next(NONE, SYN | ACK, REPLY) == -1 and tcp_next(NONE, FIN, ORIGINAL) == -1
+    assert tcp_next(NONE, ACK, ORIGINAL) == TCP_ESTABLISHED  # loose pickup

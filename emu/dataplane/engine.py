@@ -158,7 +158,7 @@ class Engine:
         self._note_ids: dict[str, int] = {}
         self.drops = np.zeros((0, 256), np.int64)
         self.log = HopLog() if trace else None
-        self.taps = None  # an emu.dataplane.taps.Taps, set by Engine.capture()
+        self.taps = None  # an emu.capture.taps.Taps, set by Engine.capture()
         self._port_arrays = None
 
     # -- building -------------------------------------------------------------
@@ -200,7 +200,7 @@ class Engine:
 
     def capture(self, ports) -> None:
         """Tap these ports (Port objects): their frames go into the run's capture."""
-        from emu.dataplane.taps import Taps
+        from emu.capture.taps import Taps
 
         self.taps = Taps(list(ports))
 

@@ -18,6 +18,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from emu.dataplane.bridge import Bridge
+from emu.dataplane.conntrack import Conntrack
 from emu.dataplane.engine import Engine
 from emu.dataplane.netns import Netns
 
@@ -52,6 +53,7 @@ def two_node_flannel(engine: Engine, pod_mtu: int = 1450, vxlan_mtu: int = 1450,
     for i in (1, 2):
         name = f"node-{i}"
         ns = engine.add(Netns(name, forwarding=True))
+        Conntrack(seed=seed).attach(ns)  # kube-proxy's rules load nf_conntrack on every node
         eth0 = ns.add_interface("eth0", mac_for(seed, f"{name}/eth0"), mtu=underlay_mtu)
         ns.add_address("eth0", f"192.168.0.1{i}/24")
         engine.link(eth0.port, switch.add_bridge_port(f"port{i}"), UNDERLAY_LATENCY_NS)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from emu.dataplane.conntrack import CTINFO_NAMES
 from emu.dataplane.engine import Device, Engine, HopLog, Port
 from emu.errors import EmuError
 from emu.wire import ethernet, ipv4
@@ -105,6 +106,7 @@ class Netns(Device):
         self._local: dict[int, int] = {}    # own address -> interface index
         self._ip_id = 0
         self._frags: dict[tuple, dict] = {}  # (src, dst, id, proto) -> fragments waiting
+        self.conntrack = None  # an emu.dataplane.conntrack.Conntrack once attached
 
     # -- configuration (what `ip` commands would do) ----------------------------------
     def add_interface(self, name: str, mac: int, mtu: int = 1500) -> Interface:
@@ -338,13 +340,21 @@ class Netns(Device):
         notes = np.zeros(len(slots), np.int32)
         go = self._drop_rejected(engine, self._hook("PREROUTING", engine, slots, times, h, ifx),
                                  slots, times, ifx, notes, np.arange(len(slots)))
+        ctinfo = engine.pool.ctinfo[slots].copy()  # before the slots can be released and reused
         local = np.array([d in self._local for d in h.ip_dst.tolist()], bool) | (h.ip_dst == 0xFFFFFFFF)
         for k in np.nonzero(go & local)[0].tolist():
             notes[k] = self._local_input(engine, int(ifx[k]), int(slots[k]), int(times[k]), h, k)
         sel = np.nonzero(go & ~local)[0]
         if len(sel):
             notes[sel] = self._forward(engine, ifx[sel], slots[sel], times[sel], _take(h, sel))
-        return notes
+        return self._ct_notes(engine, notes, ctinfo)
+
+    def _ct_notes(self, engine, notes, ctinfo) -> np.ndarray:
+        """Notes with the packets' conntrack state appended (when conntrack runs here)."""
+        out = notes.copy()
+        for k in np.nonzero(ctinfo)[0].tolist():
+            out[k] = engine.note(self._with_ct(engine.notes[notes[k]], int(ctinfo[k])))
+        return out
 
     def _forward(self, engine, ifx, slots, times, h) -> np.ndarray:
         """ip_forward(): route, TTL, FORWARD hook, then the common output."""
@@ -496,8 +506,8 @@ class Netns(Device):
             engine.drop(self, slots, Drop.NO_ROUTE, times)
             return pkt_id
         h = parse.parse(pool.buf, pool.start[slots], pool.length[slots], ())
-        if self._hook("OUTPUT", engine, slots, times, h, np.array([self.routes[r].dev], np.int32))[0]:
-            v = self._hook("OUTPUT", engine, slots, times, h, np.array([self.routes[r].dev], np.int32))
+        v = self._hook("OUTPUT", engine, slots, times, h, np.array([self.routes[r].dev], np.int32))
+        if v[0]:
             engine.drop(self, slots, v, times)
             return pkt_id
         self._output(engine, slots, times, np.array([r], np.int32), forwarded=False, first_note=note)
@@ -506,7 +516,8 @@ class Netns(Device):
     def _output(self, engine, slots, times, routes, forwarded: bool, first_note: str | None = None) -> np.ndarray:
         """POSTROUTING, MTU, then the neighbour for each packet's route; returns notes."""
         pool = engine.pool
-        notes = np.array([self._route_note(engine, r, forwarded) for r in routes.tolist()], np.int32)
+        notes = np.array([self._route_note(engine, r, forwarded, int(pool.ctinfo[slot]))
+                          for r, slot in zip(routes.tolist(), slots.tolist())], np.int32)
         h = parse.parse(pool.buf, pool.start[slots], pool.length[slots], ())
         out_if = np.array([self.routes[r].dev for r in routes.tolist()], np.int32)
         go = self._drop_rejected(engine, self._hook("POSTROUTING", engine, slots, times, h, out_if),
@@ -521,9 +532,12 @@ class Netns(Device):
                           int(h.ip_dst[k]), int(h.ip_src[k]), first_note)
         return notes
 
-    def _route_note(self, engine, r: int, forwarded: bool) -> int:
+    def _route_note(self, engine, r: int, forwarded: bool, ctinfo: int = 0) -> int:
         verb = "forward" if forwarded else "send"
-        return engine.note(f"{self.name}: {verb} via route {self.routes[r].text(self)}")
+        return engine.note(self._with_ct(f"{self.name}: {verb} via route {self.routes[r].text(self)}", ctinfo))
+
+    def _with_ct(self, text: str, ctinfo: int) -> str:
+        return f"{text} [ct {CTINFO_NAMES[ctinfo]}]" if self.conntrack is not None and ctinfo else text
 
     def _too_big(self, engine, slot, time, r, mtu, df, forwarded, h, k) -> int:
         one_slot, one_time = np.array([slot], np.int32), np.array([time], np.int64)
@@ -581,7 +595,9 @@ class Netns(Device):
             entry = self.neigh[(route.dev, route.via or dst_ip)]
             rewrite.set_macs(pool.buf, pool.start[[slot]], np.array([entry.mac], np.uint64),
                              np.array([iface.mac], np.uint64))
-            note = engine.note(first_note) if first_note else self._route_note(engine, r, forwarded)
+            ctinfo = int(pool.ctinfo[slot])
+            note = engine.note(self._with_ct(first_note, ctinfo)) if first_note \
+                else self._route_note(engine, r, forwarded, ctinfo)
             one_slot, one_time = np.array([slot], np.int32), np.array([time], np.int64)
             if iface.kind == "vxlan":
                 engine.observe(iface.port.id, one_slot, one_time, note)
@@ -630,8 +646,16 @@ class Netns(Device):
         sport = hashing.udp_source_port(_flow_hashes(engine, slots, h), 0, 0)
         rewrite.vxlan_encap(pool.buf, pool.start, pool.length, slots, dev.local_ip, remote,
                             sport, dev.dstport, dev.vni, ipv4.DEFAULT_TTL, self._next_ip_ids(len(slots)))
+        # the outer packet is locally generated: ip_local_out runs the OUTPUT hook
+        pool.ct[slots], pool.ctinfo[slots] = -1, 0
         routes = lpm.lookup(self._fib_table(), remote)
+        outer = parse.parse(pool.buf, pool.start[slots], pool.length[slots], self._vxlan_ports())
+        out_if = np.array([self.routes[r].dev if r >= 0 else 0 for r in routes.tolist()], np.int32)
+        verdict = self._hook("OUTPUT", engine, slots, times, outer, out_if)
         for k in range(len(slots)):
+            if verdict[k]:
+                engine.drop(self, slots[k:k + 1], verdict[k:k + 1], times[k:k + 1], dev.port.id)
+                continue
             one_slot, one_time = slots[k:k + 1], times[k:k + 1]
             if routes[k] < 0:
                 engine.drop(self, one_slot, Drop.NO_ROUTE, one_time, dev.port.id)

@@ -5,6 +5,10 @@ Records are columns plus one growing byte buffer; frames are copied with a
 kernel, never through a Python object per packet. At the end of a run the
 records are written sorted by (virtual time, record order) into one pcapng
 (one interface block per tapped port) or one classic pcap per port.
+
+The rx record of a frame is taken when it arrives, before the device changes
+it, and its comment is the receiving device's decision; a tx record carries
+the sending device's decision.
 """
 from __future__ import annotations
 
@@ -89,3 +93,20 @@ class Taps:
             w.write_batch(self.buf, r["start"], r["length"], lut[r["port"]], r["time"],
                           r["pkt_id"], r["note"].astype(np.int32), engine.notes)
         return len(r["start"])
+
+    def write_pcaps(self, directory: str | Path) -> list[Path]:
+        """Classic pcap, one file per tapped port ("node-1/eth0" -> node-1_eth0.pcap),
+        for tools that do not read pcapng; comments do not exist there."""
+        from emu.capture.pcap import PcapWriter
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        r = self.records()
+        paths = []
+        for pid in self.port_ids:
+            sel = r["port"] == pid
+            path = directory / (self._names[pid].replace("/", "_") + ".pcap")
+            with PcapWriter(path) as w:
+                w.write_batch(self.buf, r["start"][sel], r["length"][sel], r["time"][sel])
+            paths.append(path)
+        return paths
