@@ -537,7 +537,9 @@ class Netns(Device):
         return engine.note(self._with_ct(f"{self.name}: {verb} via route {self.routes[r].text(self)}", ctinfo))
 
     def _with_ct(self, text: str, ctinfo: int) -> str:
-        return f"{text} [ct {CTINFO_NAMES[ctinfo]}]" if self.conntrack is not None and ctinfo else text
+        if self.conntrack is None or not ctinfo or text.endswith("]"):  # none, or already said
+            return text
+        return f"{text} [ct {CTINFO_NAMES[ctinfo]}]"
 
     def _too_big(self, engine, slot, time, r, mtu, df, forwarded, h, k) -> int:
         one_slot, one_time = np.array([slot], np.int32), np.array([time], np.int64)
