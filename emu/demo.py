@@ -17,7 +17,8 @@ def default_taps(engine: Engine):
     return [p for p in engine.ports if not p.name.endswith("cni0-bridge")]
 
 
-def run_demo(output: Path, seed: int = 1, console: Console | None = None) -> Engine:
+def run_demo(output: Path, seed: int = 1, pcap_dir: Path | None = None,
+             console: Console | None = None) -> Engine:
     console = console or Console()
     eng = Engine(seed=seed)
     net = two_node_flannel(eng)
@@ -60,4 +61,7 @@ def run_demo(output: Path, seed: int = 1, console: Console | None = None) -> Eng
     console.print(f"wrote {n} frames on {len(eng.taps.port_ids)} interfaces to [bold]{output}[/bold]; "
                   f"open it in Wireshark (Decode As UDP 8472 -> VXLAN) or run "
                   f"`tshark -r {output} -d udp.port==8472,vxlan`")
+    if pcap_dir is not None:
+        paths = eng.taps.write_pcaps(pcap_dir)
+        console.print(f"wrote {len(paths)} classic pcap files to [bold]{pcap_dir}[/bold]")
     return eng

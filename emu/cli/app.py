@@ -39,19 +39,20 @@ def _root(
 
 @app.command()
 def demo(
-    output: Path = typer.Option(Path("demo.pcapng"), "--output", "-o", help="Capture to write."),
+    output: Path = typer.Option(Path("demo.pcapng"), "--output", "-o", help="Capture (pcapng) to write."),
+    pcap_dir: Path = typer.Option(None, "--pcap-dir", help="Also write one classic pcap per interface here."),
     seed: int = typer.Option(1, help="Seed for every random choice."),
 ) -> None:
-    """Run the kernel demo: route, balance, track and checksum a batch of real frames, write a capture."""
+    """Ping across a hand-built two-node Flannel (VXLAN) network; print the trace, write the capture."""
     from emu.demo import run_demo
 
-    run_demo(output, seed=seed)
+    run_demo(output, seed=seed, pcap_dir=pcap_dir)
 
 
 def main() -> None:
     try:
         app()
-    except EmuError as e:
+    except (EmuError, OSError) as e:  # the user's input or files: one line, not a traceback
         if _state["verbose"]:
             raise
         from rich.console import Console

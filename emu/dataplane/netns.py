@@ -487,31 +487,37 @@ class Netns(Device):
 
     # -- output -----------------------------------------------------------------------
     def send_ip(self, engine: Engine, packet: bytes, time: int | None = None, note: str = "sent") -> int:
-        """A locally generated IPv4 packet (bytes from the IP header on): route
-        lookup, OUTPUT hook, then the common output. Returns its packet id."""
+        """A locally generated IPv4 packet (bytes from the IP header on), sent
+        at `time` (now by default; a later time is scheduled): route lookup,
+        OUTPUT hook, then the common output. Returns its packet id at once."""
         time = engine.now if time is None else int(time)
-        slot = engine.pool.put(b"\x00" * ethernet.HEADER_LEN + packet)
         pool = engine.pool
-        pool.buf[pool.start[slot] + 12: pool.start[slot] + 14] = (0x08, 0x00)
-        pkt_id = int(pool.pkt_id[slot])
+        slot = pool.put(b"\x00" * 12 + b"\x08\x00" + packet)
+        if time > engine.now:
+            engine.at(time, lambda e: self._send_slot(e, slot, time, note))
+        else:
+            self._send_slot(engine, slot, time, note)
+        return int(pool.pkt_id[slot])
+
+    def _send_slot(self, engine: Engine, slot: int, time: int, note: str) -> None:
+        pool = engine.pool
         slots, times = np.array([slot], np.int32), np.array([time], np.int64)
-        dst = int.from_bytes(packet[16:20], "big")
+        dst = int.from_bytes(pool.frame(slot)[30:34], "big")
         if dst in self._local:  # the local table: out and back in through lo
             lo = self._loopback()
             engine.observe(lo.port.id, slots, times, engine.note(note))
             self._input(engine, np.array([lo.index], np.int32), slots, times)
-            return pkt_id
+            return
         r = self.route(dst)
         if r < 0:  # ENETUNREACH to the sender
             engine.drop(self, slots, Drop.NO_ROUTE, times)
-            return pkt_id
+            return
         h = parse.parse(pool.buf, pool.start[slots], pool.length[slots], ())
         v = self._hook("OUTPUT", engine, slots, times, h, np.array([self.routes[r].dev], np.int32))
         if v[0]:
             engine.drop(self, slots, v, times)
-            return pkt_id
+            return
         self._output(engine, slots, times, np.array([r], np.int32), forwarded=False, first_note=note)
-        return pkt_id
 
     def _output(self, engine, slots, times, routes, forwarded: bool, first_note: str | None = None) -> np.ndarray:
         """POSTROUTING, MTU, then the neighbour for each packet's route; returns notes."""

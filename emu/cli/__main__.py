@@ -1,0 +1,3 @@
+from emu.cli.app import main
+
+main()
