@@ -35,6 +35,7 @@ class Drop(IntEnum):
     # -- connection tracking (kernels.conntrack) -----------------------------
     CT_TABLE_FULL = 32       # nf_conntrack: table full, dropping packet
     CT_INVALID = 33          # packet does not fit the tracked connection state
+    CT_CLASH = 34            # its tuple belongs to another connection (insert_failed)
     # -- forwarding (data plane devices) --------------------------------------
     NO_ROUTE = 48            # FIB lookup missed: ICMP net unreachable
     TTL_EXCEEDED = 49        # TTL reached 0 in forwarding: ICMP time exceeded

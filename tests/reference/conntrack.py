@@ -20,7 +20,7 @@ ORIGINAL, REPLY = 0, 1
 SEEN_REPLY, ASSURED, CONFIRMED, SRC_NAT, DST_NAT = 2, 4, 8, 16, 32
 EARLY_DROP_RANGE = 8
 TABLE_FULL = 32   # drop.CT_TABLE_FULL
-CLASH = 33        # conntrack.CT_CLASH_DROP (drop.CT_INVALID)
+CLASH = 34        # conntrack.CT_CLASH_DROP (drop.CT_CLASH)
 STAT_NAMES = ("count", "insert", "insert_failed", "drop", "early_drop", "expired", "deleted")
 
 MASK64 = (1 << 64) - 1
