@@ -40,3 +40,20 @@ def integer(x, name: str, lo: int, hi: int) -> int:
     if not lo <= int(x) <= hi:
         raise ValueError(f"{name}: must be in [{lo}, {hi}], got {int(x)}")
     return int(x)
+
+
+def frames(buf, starts, lengths) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """A flat uint8 buffer and int64 start/length per frame, every frame inside
+    the buffer; returns them checked, with the frame count."""
+    buf = array(buf, "buf", np.uint8)
+    starts = array(starts, "starts", np.int64)
+    lengths = array(lengths, "lengths", np.int64)
+    n = same_length(starts=starts, lengths=lengths)
+    in_range(starts, "starts", 0, len(buf))
+    in_range(lengths, "lengths", 0, len(buf))
+    past_end = lengths > len(buf) - starts
+    if past_end.any():
+        k = int(np.argmax(past_end))
+        raise ValueError(f"frame {k}: [{starts[k]}, {starts[k] + lengths[k]}) "
+                         f"goes past the end of buf ({len(buf)} bytes)")
+    return buf, starts, lengths, n

@@ -313,17 +313,7 @@ def frame_macs(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> Fram
     (uint8 buf, int64 starts and lengths, every frame inside buf). Frames
     shorter than an Ethernet header (14 bytes) get NO_MAC, which `forward`
     rejects: drop them first (kernels.parse marks them TRUNC_ETH)."""
-    buf = _check.array(buf, "buf", np.uint8)
-    starts = _check.array(starts, "starts", np.int64)
-    lengths = _check.array(lengths, "lengths", np.int64)
-    n = _check.same_length(starts=starts, lengths=lengths)
-    _check.in_range(starts, "starts", 0, len(buf))
-    _check.in_range(lengths, "lengths", 0, len(buf))
-    past_end = lengths > len(buf) - starts
-    if past_end.any():
-        k = int(np.argmax(past_end))
-        raise ValueError(f"frame {k}: [{starts[k]}, {starts[k] + lengths[k]}) "
-                         f"goes past the end of buf ({len(buf)} bytes)")
+    buf, starts, lengths, n = _check.frames(buf, starts, lengths)
     dst = np.empty(n, np.uint64)
     src = np.empty(n, np.uint64)
     _frame_macs(buf, starts, lengths, dst, src)

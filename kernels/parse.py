@@ -147,17 +147,7 @@ def parse(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
     inside buf. vxlan_ports: UDP destination ports treated as VXLAN (may be
     empty). out: a `Headers` of n rows to fill and return instead of new ones.
     """
-    buf = _check.array(buf, "buf", np.uint8)
-    starts = _check.array(starts, "starts", np.int64)
-    lengths = _check.array(lengths, "lengths", np.int64)
-    n = _check.same_length(starts=starts, lengths=lengths)
-    _check.in_range(starts, "starts", 0, len(buf))
-    _check.in_range(lengths, "lengths", 0, len(buf))
-    past_end = lengths > len(buf) - starts
-    if past_end.any():
-        k = int(np.argmax(past_end))
-        raise ValueError(f"frame {k}: [{starts[k]}, {starts[k] + lengths[k]}) "
-                         f"goes past the end of buf ({len(buf)} bytes)")
+    buf, starts, lengths, n = _check.frames(buf, starts, lengths)
     if isinstance(vxlan_ports, (str, bytes)) or not hasattr(vxlan_ports, "__iter__"):
         raise ValueError(f"vxlan_ports: expected a sequence of UDP ports, got {vxlan_ports!r}")
     ports = np.array([_check.integer(p, "vxlan_ports", 0, 0xFFFF) for p in vxlan_ports],

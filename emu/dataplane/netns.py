@@ -244,8 +244,9 @@ class Netns(Device):
         is_ip = ok & ((h.flags & parse.IPV4) != 0)
         if is_ip.any():
             sel = np.nonzero(is_ip)[0]
-            _flow_hashes(engine, slots[sel], _take(h, sel))
-            notes[sel] = self._ip_input(engine, ifx[sel], slots[sel], times[sel], _take(h, sel))
+            hip = _take(h, sel)
+            _flow_hashes(engine, slots[sel], hip)
+            notes[sel] = self._ip_input(engine, ifx[sel], slots[sel], times[sel], hip)
         return notes
 
     def _vxlan_ports(self):
@@ -274,8 +275,9 @@ class Netns(Device):
                 note = "ARP reply ignored (no entry: arp_accept=0)"
         elif op == 1:
             note = f"ARP who-has {ipv4.ntoa(tpa)}: not ours"
-        engine.deliver(self, np.array([slot], np.int32), np.array([time], np.int64), port, engine.note(note))
-        return engine.note(note)
+        note_id = engine.note(note)
+        engine.deliver(self, np.array([slot], np.int32), np.array([time], np.int64), port, note_id)
+        return note_id
 
     def _neigh_update(self, engine, ifindex, ip, mac, create, time) -> bool:
         entry = self.neigh.get((ifindex, ip))

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tests.reference.hashing import MASK64, hash5
+
 ORIGINAL, REPLY = 0, 1
 SEEN_REPLY, ASSURED, CONFIRMED, SRC_NAT, DST_NAT = 2, 4, 8, 16, 32
 EARLY_DROP_RANGE = 8
@@ -23,25 +25,6 @@ TABLE_FULL = 32   # drop.CT_TABLE_FULL
 CLASH = 34        # conntrack.CT_CLASH_DROP (drop.CT_CLASH)
 STAT_NAMES = ("count", "insert", "insert_failed", "drop", "early_drop", "expired", "deleted")
 
-MASK64 = (1 << 64) - 1
-
-
-def mix64(x: int) -> int:
-    x ^= x >> 33
-    x = (x * 0xFF51AFD7ED558CCD) & MASK64
-    x ^= x >> 33
-    x = (x * 0xC4CEB9FE1A85EC53) & MASK64
-    x ^= x >> 33
-    return x
-
-
-def hash5(src: int, dst: int, sport: int, dport: int, proto: int, seed: int) -> int:
-    """kernels.hashing.hash5, on Python ints."""
-    golden = 0x9E3779B97F4A7C15
-    a = (src << 32) | dst
-    b = (sport << 32) | (dport << 16) | (proto << 8)
-    h = mix64(a ^ mix64((seed + golden) & MASK64))
-    return mix64(h ^ ((b + golden) & MASK64))
 
 
 def index_slots(max_connections: int) -> int:

@@ -1,23 +1,14 @@
 """Plain-Python Maglev: Pseudocode 1 of Eisenbud et al. (NSDI 2016) as printed,
 Katran's MaglevHashV2 weighted fill, and the lookup, on Python ints.
 
-The hash of a backend key is spelled out here independently of
-kernels.hashing, so a change to either side shows up in the tests."""
+The hash of a backend key is the plain-Python mix64 of tests.reference.hashing,
+independent of kernels.hashing, so a change to either side shows up in the tests."""
 from __future__ import annotations
 
-MASK64 = (1 << 64) - 1
+from tests.reference.hashing import mix64
+
 OFFSET_SEED = 0x6A09E667F3BCC908  # SHA-512 H0 (sqrt 2)
 SKIP_SEED = 0xBB67AE8584CAA73B    # SHA-512 H1 (sqrt 3)
-
-
-def mix64(x: int) -> int:
-    """murmur3 fmix64."""
-    x ^= x >> 33
-    x = (x * 0xFF51AFD7ED558CCD) & MASK64
-    x ^= x >> 33
-    x = (x * 0xC4CEB9FE1A85EC53) & MASK64
-    x ^= x >> 33
-    return x
 
 
 def offset_skip(key: int, m: int) -> tuple[int, int]:
