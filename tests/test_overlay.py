@@ -228,3 +228,19 @@ def test_tcp_tracker_transitions():
     assert tcp_next(TCP_ESTABLISHED, RST, REPLY) == CLOSE
     assert tcp_next(NONE, SYN | ACK, REPLY) == -1 and tcp_next(NONE, FIN, ORIGINAL) == -1
     assert tcp_next(NONE, ACK, ORIGINAL) == TCP_ESTABLISHED  # loose pickup
+
+
+def test_trace_a_flow_both_ways():
+    from emu.hosts.ping import Ping
+
+    eng, net = _network()
+    p = Ping(eng, net["pods"]["pod-a"], "10.244.1.2", count=2).start()
+    Ping(eng, net["pods"]["pod-a"], "10.244.1.0").start()  # another flow, not in the trace
+    eng.run()
+    flows = eng.trace_flow("10.244.0.2", "10.244.1.2", 1, sport=p.ident)
+    requests = {e.pkt_id for e in p.echoes}
+    assert requests < set(flows) and len(flows) == 4  # two requests, two replies
+    for hops in flows.values():
+        assert hops[-1].kind == "deliver" and any(h.kind == "decap" for h in hops)
+    one_way = eng.trace_flow("10.244.0.2", "10.244.1.2", 1, sport=p.ident, both_ways=False)
+    assert set(one_way) == requests

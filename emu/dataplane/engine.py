@@ -119,12 +119,14 @@ class HopLog:
     KINDS = ("tx", "deliver", "drop", "hold", "decap")
 
     def __init__(self):
-        self._cols: dict[str, list[np.ndarray]] = {k: [] for k in ("time", "pkt_id", "port", "kind", "note")}
+        self._cols: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("time", "pkt_id", "flow", "port", "kind", "note")}
 
-    def add(self, time, pkt_id, port, kind: int, note) -> None:
-        n = len(pkt_id)
+    def add(self, time, pool, slots, port, kind: int, note) -> None:
+        n = len(slots)
         self._cols["time"].append(np.asarray(time, np.int64))
-        self._cols["pkt_id"].append(np.asarray(pkt_id, np.int64).copy())
+        self._cols["pkt_id"].append(pool.pkt_id[slots])
+        self._cols["flow"].append(pool.flow_hash[slots])
         self._cols["port"].append(np.broadcast_to(np.asarray(port, np.int32), (n,)).copy())
         self._cols["kind"].append(np.full(n, kind, np.uint8))
         self._cols["note"].append(np.broadcast_to(np.asarray(note, np.int32), (n,)).copy())
@@ -239,7 +241,7 @@ class Engine:
         if self.taps is not None:
             self.taps.record(self, ports, slots, times, notes)
         if self.log is not None:
-            self.log.add(times, self.pool.pkt_id[slots], ports, 0, notes)
+            self.log.add(times, self.pool, slots, ports, 0, notes)
         peer, latency, device_of, up = self._arrays()
         dst = peer[ports]
         ok = (dst >= 0) & up[ports]
@@ -277,19 +279,19 @@ class Engine:
         reasons = np.broadcast_to(np.asarray(reasons, np.uint8), (len(slots),))
         np.add.at(self.drops[device.id], reasons, 1)
         if self.log is not None:
-            self.log.add(times, self.pool.pkt_id[slots], ports, 2, self.drop_notes(reasons))
+            self.log.add(times, self.pool, slots, ports, 2, self.drop_notes(reasons))
         self.pool.release(np.asarray(slots, np.int32))
 
     def deliver(self, device: Device, slots: np.ndarray, times, port: int, note: int) -> None:
         """Packets consumed by the device itself (a socket, the ARP code)."""
         if self.log is not None and len(slots):
-            self.log.add(times, self.pool.pkt_id[slots], port, 1, note)
+            self.log.add(times, self.pool, slots, port, 1, note)
         self.pool.release(np.asarray(slots, np.int32))
 
     def held(self, slots, times, port: int, note: int) -> None:
         """Packets parked by a device (waiting for ARP): logged, not released."""
         if self.log is not None and len(slots):
-            self.log.add(times, self.pool.pkt_id[slots], port, 3, note)
+            self.log.add(times, self.pool, slots, port, 3, note)
 
     def observe(self, ports, slots, times, notes) -> None:
         """Frames seen on a virtual interface (a VXLAN device) without crossing a
@@ -299,7 +301,7 @@ class Engine:
         if self.taps is not None:
             self.taps.record(self, ports, slots, times, notes)
         if self.log is not None:
-            self.log.add(times, self.pool.pkt_id[slots], ports, 0, notes)
+            self.log.add(times, self.pool, slots, ports, 0, notes)
 
     def at(self, time_ns: int, callback) -> None:
         """Run callback(engine) at a virtual time (not before now)."""
@@ -371,6 +373,25 @@ class Engine:
             for reason in np.nonzero(self.drops[dev.id])[0]:
                 rows.append((dev.name, describe(int(reason)), int(self.drops[dev.id, reason])))
         return rows
+
+    def trace_flow(self, src: str, dst: str, proto: int, sport: int = 0, dport: int = 0,
+                   both_ways: bool = True) -> dict[int, list[Hop]]:
+        """The hops of every packet of a flow (for ICMP queries sport is the
+        echo id), by packet id; with both_ways the replies too."""
+        from emu.wire import ipv4
+        from kernels.hashing import flow_hash
+
+        if self.log is None:
+            raise EmuError("tracing is off for this run")
+        a, b = ipv4.aton(src), ipv4.aton(dst)
+        tuples = [(a, b, sport, dport)] + ([(b, a, dport, sport)] if both_ways else [])
+        if proto == 1:  # ICMP queries: the id, both ways (as the data plane hashes them)
+            tuples = [(x, y, sport, 0) for x, y, _, _ in tuples]
+        cols = [np.array(c, dtype) for c, dtype in zip(zip(*tuples), (np.uint32, np.uint32, np.uint16, np.uint16))]
+        hashes = flow_hash(*cols, np.full(len(tuples), proto, np.uint8), self.seed)
+        c = self.log.columns()
+        ids = np.unique(c["pkt_id"][np.isin(c["flow"], hashes)])
+        return {int(i): self.trace(int(i)) for i in ids}
 
     def trace(self, pkt_id: int) -> list[Hop]:
         """The hops of one packet (all its copies), in time order."""

@@ -515,6 +515,7 @@ class Netns(Device):
             engine.drop(self, slots, Drop.NO_ROUTE, times)
             return
         h = parse.parse(pool.buf, pool.start[slots], pool.length[slots], ())
+        _flow_hashes(engine, slots, h)
         v = self._hook("OUTPUT", engine, slots, times, h, np.array([self.routes[r].dev], np.int32))
         if v[0]:
             engine.drop(self, slots, v, times)
@@ -565,6 +566,7 @@ class Netns(Device):
         for frag in frags:
             fslot = engine.pool.put(b"\x00" * 12 + b"\x08\x00" + frag)
             engine.pool.pkt_id[fslot] = pkt_id  # the fragments are copies of one packet
+            engine.pool.flow_hash[fslot] = engine.pool.flow_hash[slot]
             dst = int.from_bytes(frag[16:20], "big")
             self._resolve(engine, fslot, time, r, forwarded, dst, int.from_bytes(frag[12:16], "big"),
                           f"fragment of {len(frag)} bytes for mtu {mtu}")
@@ -630,7 +632,7 @@ class Netns(Device):
         pool.length[slot] -= inner
         note = engine.note(f"VXLAN decap VNI {dev.vni} from {ipv4.ntoa(int(h.ip_src[k]))} into {dev.name}")
         if engine.log is not None:
-            engine.log.add(one_time, pool.pkt_id[one_slot], dev.port.id, HopLog.KINDS.index("decap"), note)
+            engine.log.add(one_time, pool, one_slot, dev.port.id, HopLog.KINDS.index("decap"), note)
         # the inner frame is received on the VXLAN device, where a tap sees it
         rec = engine.taps.record_rx(engine, np.array([dev.port.id], np.int32), one_slot, one_time) \
             if engine.taps is not None else None

@@ -1,0 +1,1 @@
+"""Controllers: turn model objects into data-plane tables (chain names, DNS zone, ...)."""
