@@ -10,32 +10,20 @@ from __future__ import annotations
 import numpy as np
 
 from kernels import _check
+from kernels.checksum import csum_replace16, csum_replace32, ipv4_header_checksum
 from kernels._jit import jit
 
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8 (RFC 7348)
 
 
 @jit
-def csum_replace16(csum, old, new):
-    """RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m') for one 16-bit word change."""
-    s = (~np.int64(csum) & 0xFFFF) + (~np.int64(old) & 0xFFFF) + np.int64(new)
-    s = (s & 0xFFFF) + (s >> 16)
-    s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
-@jit
 def _decrement_ttl(buf, l3):
     for i in range(len(l3)):
         p = l3[i]
-        old = (np.int64(buf[p + 8]) << 8) | np.int64(buf[p + 9])
+        old = _get16(buf, p + 8)
         ttl = (np.int64(buf[p + 8]) - 1) & 0xFF
-        new = (ttl << 8) | np.int64(buf[p + 9])
-        csum = (np.int64(buf[p + 10]) << 8) | np.int64(buf[p + 11])
-        c = csum_replace16(csum, old, new)
         buf[p + 8] = ttl
-        buf[p + 10] = c >> 8
-        buf[p + 11] = c & 0xFF
+        _put16(buf, p + 10, csum_replace16(_get16(buf, p + 10), old, _get16(buf, p + 8)))
 
 
 def decrement_ttl(buf: np.ndarray, l3_offsets: np.ndarray) -> None:
@@ -76,6 +64,22 @@ def _put16(buf, p, v):
 
 
 @jit
+def _put32(buf, p, v):
+    _put16(buf, p, v >> 16)
+    _put16(buf, p + 2, v & 0xFFFF)
+
+
+@jit
+def _get16(buf, p):
+    return (np.int64(buf[p]) << 8) | np.int64(buf[p + 1])
+
+
+@jit
+def _get32(buf, p):
+    return (_get16(buf, p) << 16) | _get16(buf, p + 2)
+
+
+@jit
 def _vxlan_encap(buf, start, length, slots, src_ip, dst_ips, sports, dport, vni, ttl, ip_ids):
     for i in range(len(slots)):
         s = slots[i]
@@ -93,17 +97,9 @@ def _vxlan_encap(buf, start, length, slots, src_ip, dst_ips, sports, dport, vni,
         _put16(buf, ip + 6, 0)       # outer DF not set (vxlan "df unset")
         buf[ip + 8] = ttl
         buf[ip + 9] = 17
-        _put16(buf, ip + 10, 0)
-        d = np.int64(dst_ips[i])
-        for b in range(4):
-            buf[ip + 12 + b] = (src_ip >> (8 * (3 - b))) & 0xFF
-            buf[ip + 16 + b] = (d >> (8 * (3 - b))) & 0xFF
-        acc = np.int64(0)
-        for w in range(10):
-            acc += (np.int64(buf[ip + 2 * w]) << 8) | np.int64(buf[ip + 2 * w + 1])
-        acc = (acc & 0xFFFF) + (acc >> 16)
-        acc = (acc & 0xFFFF) + (acc >> 16)
-        _put16(buf, ip + 10, ~acc & 0xFFFF)
+        _put32(buf, ip + 12, src_ip)
+        _put32(buf, ip + 16, np.int64(dst_ips[i]))
+        _put16(buf, ip + 10, ipv4_header_checksum(buf, ip))
         udp = ip + 20
         _put16(buf, udp, np.int64(sports[i]))
         _put16(buf, udp + 2, dport)
@@ -174,3 +170,67 @@ def copy_ranges(src: np.ndarray, src_starts: np.ndarray, lengths: np.ndarray,
                 or np.max(dst_starts + lengths) > len(dst)):
             raise ValueError("copy_ranges: a range lies outside its buffer")
     _copy_ranges(src, src_starts, lengths, dst, dst_starts)
+
+
+@jit
+def _nat(buf, l3, l4, proto, src, dst, sport, dport):
+    for i in range(len(l3)):
+        p = l3[i]
+        q = l4[i]
+        old_src, old_dst = _get32(buf, p + 12), _get32(buf, p + 16)
+        new_src, new_dst = np.int64(src[i]), np.int64(dst[i])
+        # the IPv4 header checksum covers the addresses
+        c = _get16(buf, p + 10)
+        c = csum_replace32(c, old_src, new_src)
+        c = csum_replace32(c, old_dst, new_dst)
+        _put16(buf, p + 10, c)
+        _put32(buf, p + 12, new_src)
+        _put32(buf, p + 16, new_dst)
+        if q < 0:
+            continue  # a non-first fragment: no ports here
+        pr = proto[i]
+        if pr == 6 or pr == 17:
+            at = q + 16 if pr == 6 else q + 6
+            udp = pr == 17
+            c = _get16(buf, at)
+            if udp and c == 0:
+                pass  # UDP without a checksum stays without one
+            else:
+                # the pseudo-header covers the addresses, the header the ports
+                c = csum_replace32(c, old_src, new_src, udp)
+                c = csum_replace32(c, old_dst, new_dst, udp)
+                c = csum_replace16(c, _get16(buf, q), np.int64(sport[i]), udp)
+                c = csum_replace16(c, _get16(buf, q + 2), np.int64(dport[i]), udp)
+                _put16(buf, at, c)
+            _put16(buf, q, np.int64(sport[i]))
+            _put16(buf, q + 2, np.int64(dport[i]))
+        elif pr == 1:
+            # ICMP queries: the id is the "port"; ICMP has no pseudo-header
+            _put16(buf, q + 2, csum_replace16(_get16(buf, q + 2), _get16(buf, q + 4), np.int64(sport[i])))
+            _put16(buf, q + 4, np.int64(sport[i]))
+
+
+def nat(buf, l3_offsets, l4_offsets, proto, src, dst, sport, dport) -> None:
+    """Rewrite addresses and ports (NAT) in place with RFC 1624 checksum
+    updates: IPv4 header; TCP/UDP pseudo-header and ports (a zero UDP
+    checksum stays zero, a computed zero becomes 0xFFFF); for ICMP queries
+    `sport` is the new identifier. l4_offsets -1: no L4 header (a fragment).
+    Offsets are absolute; values are the new ones (equal to the old = unchanged)."""
+    buf = _check.array(buf, "buf", np.uint8)
+    l3 = _check.array(l3_offsets, "l3_offsets", np.int64)
+    l4 = _check.array(l4_offsets, "l4_offsets", np.int64)
+    proto = _check.array(proto, "proto", np.uint8)
+    src = _check.array(src, "src", np.uint32)
+    dst = _check.array(dst, "dst", np.uint32)
+    sport = _check.array(sport, "sport", np.uint16)
+    dport = _check.array(dport, "dport", np.uint16)
+    _check.same_length(l3_offsets=l3, l4_offsets=l4, proto=proto, src=src, dst=dst, sport=sport, dport=dport)
+    _check.in_range(l3, "l3_offsets", 0, len(buf) - 20)
+    # bytes each L4 header must have from its offset: through the TCP checksum,
+    # the UDP header, the ICMP identifier
+    need = np.where(proto == 6, 18, np.where(proto == 17, 8, np.where(proto == 1, 6, 0)))
+    bad = (l4 < -1) | ((l4 >= 0) & (l4 + need > len(buf)))
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise ValueError(f"l4_offsets[{k}]: {l4[k]} leaves no room for the protocol {proto[k]} header")
+    _nat(buf, l3, l4, proto, src, dst, sport, dport)
