@@ -4,6 +4,9 @@
 `buf[starts[k] : starts[k] + lengths[k]]` (frames may sit anywhere in the
 buffer, with headroom or gaps between them) and returns a `Headers`: one 1-D
 numpy column per field, one row per frame, for the data plane's kernels.
+The columns are views of the fields of one numpy record array (a 96-byte
+record per frame), so they are strided: `np.ascontiguousarray(h.ip_src)`
+packs one when that matters; indexing (`h.ip_src[idx]`) copies as usual.
 
 Protocols: Ethernet II with at most one 802.1Q tag; ARP for Ethernet/IPv4;
 IPv4 with options and fragments; ICMP, TCP and UDP; VXLAN (RFC 7348) in UDP
@@ -70,14 +73,21 @@ fragment; Linux reassembles before L4), and the UDP length, which counts the
 whole datagram, is only checked to be at least 8.
 
 Speed: each frame is parsed into locals (an error breaks out of a one-pass
-`while`), then each column of its row is stored once: columns fill
-sequentially, nothing is allocated per frame, and the common path is
-straight-line code. Header words are read with single unaligned big-endian
-loads (see `_load_be`). `out=` reuses columns across batches, which spares
-the page faults of fresh allocations on large batches.
+`while`), then its record is stored once: the output is one sequential write
+stream, nothing is allocated per frame, and the common path is straight-line
+code. Header words are read with single unaligned big-endian loads (see
+`_load_be`). The data plane parses small batches (one to thousands of
+frames), so the fixed cost of a call matters as much as the rate: one record
+array instead of 30 columns makes the allocation and numba's dispatch cheap,
+the frame bounds are checked inside the kernel (before it writes anything)
+rather than with several numpy passes, and the validated VXLAN port array is
+cached per distinct port tuple. `out=` reuses a batch's records, which
+spares the page faults of fresh allocations on large batches.
 """
 from __future__ import annotations
 
+import functools
+import operator
 from typing import NamedTuple
 
 import numpy as np
@@ -133,10 +143,32 @@ COLUMNS = {
 Headers = NamedTuple("Headers", [(name, np.ndarray) for name in COLUMNS])
 _DTYPES = [np.dtype(dtype) for dtype in COLUMNS.values()]
 
+# The record the kernel writes per frame; the Headers columns are views of
+# its fields. Widest fields first: every field is naturally aligned without
+# padding inside the record (95 bytes of fields, 96 with the tail). The
+# records live in a plain uint8 array, viewed as records with np.frombuffer:
+# numpy allocates an array of a 30-field dtype ~1 us slower (it walks the
+# fields), a fixed cost per call worth sparing.
+_ROW = np.dtype([(name, COLUMNS[name]) for name in
+                 sorted(COLUMNS, key=lambda name: -np.dtype(COLUMNS[name]).itemsize)],
+                align=True)
+_field_views = operator.itemgetter(*Headers._fields)  # records -> tuple of field views
+_bases = operator.attrgetter("base")
+_dtypes = operator.attrgetter("dtype")
+
+
+def _new_rows(n: int) -> np.ndarray:
+    return np.frombuffer(np.empty(n * _ROW.itemsize, np.uint8), _ROW)
+
+
+def _headers(rows: np.ndarray) -> Headers:
+    return Headers._make(_field_views(rows))
+
 
 def empty_headers(n: int) -> Headers:
-    """Uninitialised columns for n frames (the kernel writes every cell)."""
-    return Headers._make([np.empty(n, dtype) for dtype in _DTYPES])
+    """Uninitialised columns for n frames (the kernel writes every cell):
+    views of one new record array, as `parse(out=...)` wants them."""
+    return _headers(_new_rows(n))
 
 
 def parse(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
@@ -145,30 +177,72 @@ def parse(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
 
     buf is uint8[:]; starts and lengths are int64[n] and every frame lies
     inside buf. vxlan_ports: UDP destination ports treated as VXLAN (may be
-    empty). out: a `Headers` of n rows to fill and return instead of new ones.
+    empty). out: a `Headers` to fill and return instead of new ones, whose
+    columns are views of one record array of n rows: that of
+    `empty_headers(n)` or of an earlier parse of n frames.
     """
-    buf, starts, lengths, n = _check.frames(buf, starts, lengths)
-    if isinstance(vxlan_ports, (str, bytes)) or not hasattr(vxlan_ports, "__iter__"):
-        raise ValueError(f"vxlan_ports: expected a sequence of UDP ports, got {vxlan_ports!r}")
-    ports = np.array([_check.integer(p, "vxlan_ports", 0, 0xFFFF) for p in vxlan_ports],
-                     dtype=np.int64)
+    buf = _check.array(buf, "buf", np.uint8)
+    starts = _check.array(starts, "starts", np.int64)
+    lengths = _check.array(lengths, "lengths", np.int64)
+    n = len(starts)
+    if len(lengths) != n:  # as _check.same_length, without its cost per call
+        raise ValueError(f"arrays must have the same length: starts={n}, lengths={len(lengths)}")
+    ports = _vxlan_port_array(vxlan_ports)
     if out is None:
-        out = empty_headers(n)
+        rows = _new_rows(n)
+        out = _headers(rows)
     else:
-        _check_out(out, n)
-    _parse(buf, starts, lengths, ports, out)
+        rows = _rows_of(out, n)
+    k = _parse(buf, starts, lengths, ports, rows)
+    if k >= 0:
+        raise ValueError(f"frame {k}: start {starts[k]} and length {lengths[k]} do not lie "
+                         f"inside buf ({len(buf)} bytes)")
     return out
 
 
-def _check_out(out, n: int) -> None:
-    if not isinstance(out, Headers):
-        raise ValueError(f"out: expected a Headers, got {type(out).__name__}")
-    for name, dtype, column in zip(Headers._fields, _DTYPES, out):
-        if not (isinstance(column, np.ndarray) and column.dtype == dtype
-                and column.shape == (n,) and column.flags.c_contiguous
-                and column.flags.writeable):
-            raise ValueError(f"out.{name}: expected a writeable C-contiguous {dtype.name} "
-                             f"array of shape ({n},), got {column!r:.60}")
+def _vxlan_port_array(vxlan_ports) -> np.ndarray:
+    if isinstance(vxlan_ports, (str, bytes)) or not hasattr(vxlan_ports, "__iter__"):
+        raise ValueError(f"vxlan_ports: expected a sequence of UDP ports, got {vxlan_ports!r}")
+    ports = tuple(vxlan_ports)
+    try:
+        # The types are part of the key: True == 1 and 4789.0 == 4789 must
+        # not pass for validated ports.
+        return _port_array(ports, tuple(map(type, ports)))
+    except TypeError:  # unhashable, so not an integer
+        raise ValueError(f"vxlan_ports: expected integers, got {vxlan_ports!r}") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _port_array(ports: tuple, port_types: tuple) -> np.ndarray:
+    """The ports validated, as the kernel's int64 array: cached, since the
+    data plane passes the same few tuples on every call (read-only, as it is
+    shared)."""
+    array = np.array([_check.integer(p, "vxlan_ports", 0, 0xFFFF) for p in ports],
+                     dtype=np.int64)
+    array.flags.writeable = False
+    return array
+
+
+def _rows_of(out, n: int) -> np.ndarray:
+    """The records behind out's columns, which the kernel fills. Every
+    column must have as its numpy base the same uint8 array of n records'
+    bytes (as `_new_rows` makes them), its field's dtype and n rows. (The
+    per-column checks run in C, through map: they are most of the fixed
+    cost of a call with out=.)"""
+    raw = getattr(out[0], "base", None) if isinstance(out, Headers) else None
+    try:
+        ok = (isinstance(raw, np.ndarray) and raw.dtype == np.uint8
+              and raw.shape == (n * _ROW.itemsize,)
+              and raw.flags.c_contiguous and raw.flags.writeable
+              and set(map(id, map(_bases, out))) == {id(raw)}
+              and list(map(_dtypes, out)) == _DTYPES
+              and set(map(len, out)) == {n})
+    except (AttributeError, TypeError):  # a column that is no array, or 0-d
+        ok = False
+    if not ok:
+        raise ValueError(f"out: expected the Headers of empty_headers({n}) or of an "
+                         f"earlier parse of {n} frames")
+    return np.frombuffer(raw, _ROW)
 
 
 # -- big-endian reads -------------------------------------------------------
@@ -249,9 +323,16 @@ def _is_vxlan_port(ports, port):
 
 @jit
 def _parse(buf, starts, lengths, ports, out):
-    """Parse each frame into its row of `out`. Fields live in locals while
-    parsing (an error breaks out of the one-pass `while`), then each column
-    is stored once."""
+    """Parse each frame into its record of `out`. Fields live in locals while
+    parsing (an error breaks out of the one-pass `while`), then the record is
+    stored once. Returns -1, or the first frame not inside buf, before
+    writing anything."""
+    size = len(buf)
+    for i in range(len(starts)):
+        # Unsigned compares: a negative start or length is huge, so outside.
+        if (np.uint64(starts[i]) > np.uint64(size)
+                or np.uint64(lengths[i]) > np.uint64(size - starts[i])):
+            return i
     for i in range(len(starts)):
         s = starts[i]
         n = lengths[i]
@@ -451,33 +532,35 @@ def _parse(buf, starts, lengths, ports, out):
                         inner_off = payload_off
             break
 
-        out.drop[i] = code
-        out.flags[i] = flags
-        out.eth_dst[i] = eth_dst
-        out.eth_src[i] = eth_src
-        out.vlan_tci[i] = vlan_tci
-        out.ethertype[i] = ethertype
-        out.l3_off[i] = l3_off
-        out.arp_op[i] = arp_op
-        out.arp_sha[i] = arp_sha
-        out.arp_tha[i] = arp_tha
-        out.ip_src[i] = ip_src
-        out.ip_dst[i] = ip_dst
-        out.ip_proto[i] = ip_proto
-        out.tos[i] = tos
-        out.ttl[i] = ttl
-        out.ip_len[i] = ip_len
-        out.ip_id[i] = ip_id
-        out.frag_off[i] = frag_off
-        out.l4_off[i] = l4_off
-        out.sport[i] = sport
-        out.dport[i] = dport
-        out.tcp_flags[i] = tcp_flags
-        out.tcp_seq[i] = tcp_seq
-        out.tcp_ack[i] = tcp_ack
-        out.icmp_type[i] = icmp_type
-        out.icmp_code[i] = icmp_code
-        out.payload_off[i] = payload_off
-        out.payload_len[i] = payload_len
-        out.vni[i] = vni
-        out.inner_off[i] = inner_off
+        row = out[i]
+        row.drop = code
+        row.flags = flags
+        row.eth_dst = eth_dst
+        row.eth_src = eth_src
+        row.vlan_tci = vlan_tci
+        row.ethertype = ethertype
+        row.l3_off = l3_off
+        row.arp_op = arp_op
+        row.arp_sha = arp_sha
+        row.arp_tha = arp_tha
+        row.ip_src = ip_src
+        row.ip_dst = ip_dst
+        row.ip_proto = ip_proto
+        row.tos = tos
+        row.ttl = ttl
+        row.ip_len = ip_len
+        row.ip_id = ip_id
+        row.frag_off = frag_off
+        row.l4_off = l4_off
+        row.sport = sport
+        row.dport = dport
+        row.tcp_flags = tcp_flags
+        row.tcp_seq = tcp_seq
+        row.tcp_ack = tcp_ack
+        row.icmp_type = icmp_type
+        row.icmp_code = icmp_code
+        row.payload_off = payload_off
+        row.payload_len = payload_len
+        row.vni = vni
+        row.inner_off = inner_off
+    return -1
