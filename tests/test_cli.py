@@ -20,7 +20,7 @@ def test_demo_writes_a_clean_capture(tmp_path):
     assert "reply" in r.stdout and "TTL exceeded" in r.stdout and "net unreachable" in r.stdout
     assert problems(out) == []
     names = {row[0] for row in fields(out, "frame.interface_name")}
-    assert {"pod-a/eth0", "node-1/flannel.1", "underlay/port1", "pod-b/eth0"} <= names
+    assert {"pod-a/eth0", "node-1/flannel.1", "underlay/port-node-1", "pod-b/eth0"} <= names
     assert len(list((tmp_path / "pcaps").glob("*.pcap"))) == len(names)
 
 

@@ -56,7 +56,7 @@ def test_ping_across_the_overlay(tmp_path):
     for iface in ("pod-a/eth0", "node-2/cni0", "node-1/eth0"):
         assert any(r[1] == "1" for r in by_if[iface]) and any(r[1] == "2" for r in by_if[iface]), iface
     # on the underlay the echo travels in VXLAN, VNI 1, UDP 8472, between node IPs
-    under = [r for r in by_if["underlay/port1"] if r[5] == "1"]
+    under = [r for r in by_if["underlay/port-node-1"] if r[5] == "1"]
     assert under and all(r[2].startswith("192.168.0.1") and r[6] == "8472" for r in under)
     # inner TTL: 64 from pod-a, 63 on node-1's flannel.1 and the wire, 62 at pod-b
     inner_ttls = {iface: [r[4].split(",")[-1] for r in rows if r[7] == "8"]
@@ -135,7 +135,7 @@ def test_small_packets_cross_and_df_clear_is_fragmented(tmp_path):
 def test_bridge_floods_unknown_then_learns(tmp_path):
     eng, net = _network()
     node1 = net["nodes"]["node-1"]
-    from emu.dataplane.handbuilt import add_pod
+    from emu.control.flannel import add_pod, veth_name
 
     c = add_pod(eng, node1, "pod-c", "10.244.0.3")
     eng.capture([p for p in eng.ports if not p.name.endswith("cni0-bridge")])
@@ -146,9 +146,10 @@ def test_bridge_floods_unknown_then_learns(tmp_path):
     path = _write(eng, tmp_path)
     # pod-a's ARP broadcast floods to pod-c's port; after learning, the echo is forwarded, not flooded
     notes = fields(path, "frame.interface_name", "frame.comment", "icmp.type")
-    assert any(r[0] == "node-1/veth-pod-c" and "flood" in r[1] for r in notes)
-    echo = [r for r in notes if r[2] == "8" and r[0] == "node-1/veth-pod-c"]
-    assert echo and all("forward veth-pod-a -> veth-pod-c (learned)" in r[1] for r in echo)
+    veth_a, veth_c = veth_name(eng.seed, "pod-a"), veth_name(eng.seed, "pod-c")
+    assert any(r[0] == f"node-1/{veth_c}" and "flood" in r[1] for r in notes)
+    echo = [r for r in notes if r[2] == "8" and r[0] == f"node-1/{veth_c}"]
+    assert echo and all(f"forward {veth_a} -> {veth_c} (learned)" in r[1] for r in echo)
     assert not any(r[0] == "node-1/cni0" and r[2] == "8" for r in notes)  # bridged, not routed
 
 
@@ -178,10 +179,10 @@ def test_classic_pcap_per_interface(tmp_path):
     eng.run()
     paths = eng.taps.write_pcaps(tmp_path / "pcaps")
     names = {p.name for p in paths}
-    assert {"pod-a_eth0.pcap", "node-1_flannel.1.pcap", "underlay_port1.pcap"} <= names
+    assert {"pod-a_eth0.pcap", "node-1_flannel.1.pcap", "underlay_port-node-1.pcap"} <= names
     flannel = rdpcap(str(tmp_path / "pcaps" / "node-1_flannel.1.pcap"))
     assert [f[ICMP].type for f in flannel if f.haslayer(ICMP)] == [8, 0]
-    assert problems(tmp_path / "pcaps" / "underlay_port1.pcap") == []
+    assert problems(tmp_path / "pcaps" / "underlay_port-node-1.pcap") == []
 
 
 def test_conntrack_states_on_the_nodes(tmp_path):
