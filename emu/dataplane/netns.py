@@ -683,6 +683,11 @@ class Netns(Device):
         return ids.astype(np.uint16)
 
     # -- ICMP errors (net/ipv4/icmp.c: icmp_send) --------------------------------------
+    def reject(self, engine, slot: int, time: int, code: int = 3) -> None:
+        """iptables -j REJECT (icmp-port-unreachable by default) for the packet in
+        `slot`: the ICMP error is sent; dropping the packet is the caller's verdict."""
+        self._icmp_error(engine, slot, time, 3, code)
+
     def _icmp_error(self, engine, slot, time, icmp_type, code, mtu=0) -> None:
         """Answer the packet in `slot` with an ICMP error, unless Linux would not:
         never about an ICMP error, a non-first fragment, or a broadcast/multicast."""
