@@ -84,3 +84,19 @@ def test_masquerade_and_reverse(tmp_path):
     path = tmp_path / "masq.pcapng"
     eng.taps.write_pcapng(path, eng)
     assert problems(path) == []
+
+
+def test_nat_decisions_are_in_the_capture_notes(tmp_path):
+    from tests.tshark import fields
+
+    eng, net, node1 = _setup()
+    a, b = net["pods"]["pod-a"], net["pods"]["pod-b"]
+    _echo_server(b, 8080)
+    _client(a, 40000)
+    a.send_ip(eng, bytes(IP(src="10.244.0.2", dst=VIP) / UDP(sport=40000, dport=PORT) / b"x"), 0)
+    eng.run()
+    path = tmp_path / "notes.pcapng"
+    eng.taps.write_pcapng(path, eng)
+    notes = [r[1] for r in fields(path, "frame.interface_name", "frame.comment")
+             if r[0] in ("node-1/cni0", "node-1/flannel.1")]
+    assert any(n.endswith("; DNAT 10.96.0.100:80 -> 10.244.1.2:8080") for n in notes)

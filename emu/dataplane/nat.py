@@ -33,6 +33,12 @@ from kernels import rewrite
 from kernels.drop import Drop
 
 
+def _ep(ip: int, port: int) -> str:
+    from emu.wire.ipv4 import ntoa
+
+    return f"{ntoa(ip)}:{port}"
+
+
 class Tuple(NamedTuple):
     src: int
     dst: int
@@ -113,8 +119,19 @@ class Nat:
             new = self._reinsert(engine, c, rec, orig, reply, now)
             if new >= 0:
                 engine.pool.ct[slot] = new
+                if source:
+                    text = f"SNAT {_ep(orig.src, orig.sport)} -> {_ep(reply[1], reply[3])}"
+                else:
+                    text = f"DNAT {_ep(orig.dst, orig.dport)} -> {_ep(reply[0], reply[2])}"
+                self.annotate(engine, slot, text)
                 return new
         return -1
+
+    def annotate(self, engine, slot, text: str) -> None:
+        """Say what NAT did to this packet in its capture notes at this namespace."""
+        pid = int(engine.pool.pkt_id[slot])
+        before = self.netns.annotations.get(pid)
+        self.netns.annotations[pid] = f"{before}; {text}" if before else text
 
     def _reinsert(self, engine, c, rec, orig: Tuple, reply, now) -> int:
         """Give connection c a new reply tuple: out of the hash and back in."""

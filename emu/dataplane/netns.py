@@ -107,6 +107,10 @@ class Netns(Device):
         self._ip_id = 0
         self._frags: dict[tuple, dict] = {}  # (src, dst, id, proto) -> fragments waiting
         self.conntrack = None  # an emu.dataplane.conntrack.Conntrack once attached
+        self.nat = None        # an emu.dataplane.nat.Nat once attached
+        # what hooks said about a packet (e.g. kube-proxy's DNAT), by packet id,
+        # added to the notes of its capture records here
+        self.annotations: dict[int, str] = {}
 
     # -- configuration (what `ip` commands would do) ----------------------------------
     def add_interface(self, name: str, mac: int, mtu: int = 1500) -> Interface:
@@ -343,13 +347,19 @@ class Netns(Device):
         go = self._drop_rejected(engine, self._hook("PREROUTING", engine, slots, times, h, ifx),
                                  slots, times, ifx, notes, np.arange(len(slots)))
         ctinfo = engine.pool.ctinfo[slots].copy()  # before the slots can be released and reused
+        ids = engine.pool.pkt_id[slots].tolist()
+        said = {k: self.annotations[i] for k, i in enumerate(ids) if i in self.annotations}
         local = np.array([d in self._local for d in h.ip_dst.tolist()], bool) | (h.ip_dst == 0xFFFFFFFF)
         for k in np.nonzero(go & local)[0].tolist():
             notes[k] = self._local_input(engine, int(ifx[k]), int(slots[k]), int(times[k]), h, k)
         sel = np.nonzero(go & ~local)[0]
         if len(sel):
             notes[sel] = self._forward(engine, ifx[sel], slots[sel], times[sel], _take(h, sel))
-        return self._ct_notes(engine, notes, ctinfo)
+        notes = self._ct_notes(engine, notes, ctinfo)
+        for k, text in said.items():
+            self.annotations.pop(ids[k], None)
+            notes[k] = engine.note(f"{engine.notes[notes[k]]}; {text}")
+        return notes
 
     def _ct_notes(self, engine, notes, ctinfo) -> np.ndarray:
         """Notes with the packets' conntrack state appended (when conntrack runs here)."""
@@ -610,6 +620,9 @@ class Netns(Device):
             ctinfo = int(pool.ctinfo[slot])
             note = engine.note(self._with_ct(first_note, ctinfo)) if first_note \
                 else self._route_note(engine, r, forwarded, ctinfo)
+            said = self.annotations.pop(int(pool.pkt_id[slot]), None)
+            if said:
+                note = engine.note(f"{engine.notes[note]}; {said}")
             one_slot, one_time = np.array([slot], np.int32), np.array([time], np.int64)
             if iface.kind == "vxlan":
                 engine.observe(iface.port.id, one_slot, one_time, note)
