@@ -242,6 +242,11 @@ class Engine:
             self.taps.record(self, ports, slots, times, notes)
         if self.log is not None:
             self.log.add(times, self.pool, slots, ports, 0, notes)
+        # leaving the namespace: skb_scrub_packet forgets the mark and the
+        # conntrack reference (the next namespace tracks the packet afresh)
+        self.pool.mark[slots] = 0
+        self.pool.ct[slots] = -1
+        self.pool.ctinfo[slots] = 0
         peer, latency, device_of, up = self._arrays()
         dst = peer[ports]
         ok = (dst >= 0) & up[ports]
