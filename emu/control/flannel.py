@@ -74,6 +74,7 @@ def add_node(engine: Engine, switch: Bridge, name: str, ip: str, subnet: str, un
     cni0 = ns.add_interface("cni0", bridge_mac, mtu=pod_mtu)
     ns.add_address("cni0", f"{ipv4.ntoa(net + 1)}/{plen}")
     engine.link(cni0.port, br.add_host_port("cni0-bridge"), VETH_LATENCY_NS)
+    br.netfilter, br.netfilter_ifname = ns, "cni0"  # br_netfilter: kubeadm's bridge-nf-call-iptables=1
     ns.add_vxlan("flannel.1", mac_for(seed, f"{name}/flannel.1"), vni=VNI, local_ip=ip,
                  dstport=VXLAN_PORT, mtu=vxlan_mtu)
     ns.add_address("flannel.1", f"{ipv4.ntoa(net)}/32")

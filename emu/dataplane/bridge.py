@@ -16,6 +16,7 @@ import numpy as np
 from emu.dataplane.engine import Device, Engine, Port
 from emu.errors import EmuError
 from kernels import fdb as fdbk
+from kernels import parse
 from kernels.drop import Drop
 
 
@@ -33,6 +34,8 @@ class Bridge(Device):
         self.hairpin: list[bool] = []
         self.host_port: Port | None = None
         self._index: dict[int, int] = {}  # engine port id -> bridge port number
+        self.netfilter = None            # the host Netns whose hooks see bridged IPv4 (br_netfilter)
+        self.netfilter_ifname = ""       # the bridge's interface in that namespace
 
     def add_bridge_port(self, ifname: str, mac: int = 0, hairpin: bool = False) -> Port:
         """`ip link set IFNAME master BRIDGE` (+ `bridge link set dev IFNAME hairpin on`)."""
@@ -80,6 +83,8 @@ class Bridge(Device):
         ok = np.nonzero(~short)[0]
         ingress = np.array([self._index[p] for p in ports[ok].tolist()], np.int32)
         d = fdbk.forward(self.fdb, macs.dst[ok], macs.src[ok], ingress, times[ok], up, hairpin)
+        if self.netfilter is not None:
+            self._br_netfilter(engine, slots[ok], times[ok], d)
         for j, k in enumerate(ok.tolist()):
             slot, t, act = slots[k:k + 1], times[k:k + 1], int(d.action[j])
             inport = self.bports[int(ingress[j])].name.split("/")[-1]
@@ -103,6 +108,32 @@ class Bridge(Device):
             notes[k] = engine.note(f"bridge {self.name}: {what} from {inport}{why}")
             self._send_copies(engine, slot, t, targets, notes[k])
         return notes
+
+    def _br_netfilter(self, engine, slots, times, d) -> None:
+        """br_netfilter (bridge-nf-call-iptables=1, which kubeadm requires): IPv4
+        frames bridged between ports go through the host namespace's
+        PREROUTING, FORWARD and POSTROUTING hooks, so conntrack and NAT see
+        pod-to-pod traffic on one node (the reply of a Service connection
+        whose backend shares the client's bridge is un-DNATed here). A frame
+        a hook rejects becomes a drop with that reason."""
+        bridged = np.nonzero((d.action & (fdbk.FORWARD | fdbk.FLOOD)) != 0)[0]
+        if not len(bridged):
+            return
+        pool, ns = engine.pool, self.netfilter
+        h = parse.parse(pool.buf, pool.start[slots[bridged]], pool.length[slots[bridged]], ())
+        ip = np.nonzero((h.drop == 0) & ((h.flags & parse.IPV4) != 0))[0]
+        if not len(ip):
+            return
+        idx, hh = bridged[ip], parse.Headers(*(col[ip] for col in h))
+        ifx = np.full(len(idx), ns.iface(self.netfilter_ifname).index, np.int32)
+        verdict = np.zeros(len(idx), np.uint8)
+        for hook in ("PREROUTING", "FORWARD", "POSTROUTING"):
+            live = verdict == 0
+            v = ns.run_hook(hook, engine, slots[idx], times[idx], hh, ifx)
+            verdict[live] = v[live]
+        rejected = np.nonzero(verdict)[0]
+        d.action[idx[rejected]] = 0
+        d.drop[idx[rejected]] = verdict[rejected]
 
     def _from_host(self, engine, slots, times) -> np.ndarray:
         """br_dev_xmit: the host sends through the bridge; no learning."""

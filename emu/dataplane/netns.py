@@ -324,7 +324,7 @@ class Netns(Device):
         return fire
 
     # -- IPv4 input -----------------------------------------------------------------
-    def _hook(self, name, engine, slots, times, h, ifx) -> np.ndarray:
+    def run_hook(self, name, engine, slots, times, h, ifx) -> np.ndarray:
         """Run a hook's functions in order; a drop code per packet (0 = accept).
         Hook functions: fn(netns, engine, slots, times, headers, ifindex) -> codes or None."""
         verdict = np.zeros(len(slots), np.uint8)
@@ -344,7 +344,7 @@ class Netns(Device):
 
     def _ip_input(self, engine, ifx, slots, times, h) -> np.ndarray:
         notes = np.zeros(len(slots), np.int32)
-        go = self._drop_rejected(engine, self._hook("PREROUTING", engine, slots, times, h, ifx),
+        go = self._drop_rejected(engine, self.run_hook("PREROUTING", engine, slots, times, h, ifx),
                                  slots, times, ifx, notes, np.arange(len(slots)))
         ctinfo = engine.pool.ctinfo[slots].copy()  # before the slots can be released and reused
         ids = engine.pool.pkt_id[slots].tolist()
@@ -384,7 +384,7 @@ class Netns(Device):
                         "ICMP time exceeded sent")
         sel = np.nonzero((routes >= 0) & ~expired)[0]
         if len(sel):
-            go = self._drop_rejected(engine, self._hook("FORWARD", engine, slots[sel], times[sel],
+            go = self._drop_rejected(engine, self.run_hook("FORWARD", engine, slots[sel], times[sel],
                                                         _take(h, sel), ifx[sel]),
                                      slots[sel], times[sel], ifx[sel], notes, sel)
             sel = sel[go]
@@ -407,7 +407,7 @@ class Netns(Device):
         """INPUT hook, then the owner of the packet: VXLAN, ICMP echo, a socket, or an error."""
         port = self.ifaces[ifindex].port.id
         one_slot, one_time = np.array([slot], np.int32), np.array([time], np.int64)
-        v = self._hook("INPUT", engine, one_slot, one_time, _take(h, [k]), np.array([ifindex], np.int32))
+        v = self.run_hook("INPUT", engine, one_slot, one_time, _take(h, [k]), np.array([ifindex], np.int32))
         if v[0]:
             engine.drop(self, one_slot, v, one_time, port)
             return int(engine.drop_notes(v)[0])
@@ -425,7 +425,15 @@ class Netns(Device):
         key = int(h.dport[k]) if proto in (ipv4.PROTO_TCP, ipv4.PROTO_UDP) else int(h.sport[k])
         if flags & parse.ICMP_ERROR and int(h.inner_off[k]) >= 0:
             # icmp_unreach -> the protocol's err_handler: the socket that sent the quoted packet
-            proto, key = _quoted_socket(engine.pool.frame(slot), int(h.inner_off[k]))
+            quoted = _quoted_socket(engine.pool.frame(slot), int(h.inner_off[k]))
+            handler = self.sockets.get(quoted)
+            note = engine.note(f"ICMP error for local socket proto {quoted[0]} port {quoted[1]}"
+                               if handler else "ICMP error, no socket to report it to")
+            frame = engine.pool.frame(slot)
+            engine.deliver(self, one_slot, one_time, port, note)
+            if handler is not None:
+                handler(self, frame, l3, time)
+            return note
         handler = self.sockets.get((proto, key))
         if handler is not None:
             frame = engine.pool.frame(slot)
@@ -526,7 +534,7 @@ class Netns(Device):
             return
         h = parse.parse(pool.buf, pool.start[slots], pool.length[slots], ())
         _flow_hashes(engine, slots, h)
-        v = self._hook("OUTPUT", engine, slots, times, h, np.array([self.routes[r].dev], np.int32))
+        v = self.run_hook("OUTPUT", engine, slots, times, h, np.array([self.routes[r].dev], np.int32))
         if v[0]:
             engine.drop(self, slots, v, times)
             return
@@ -539,7 +547,7 @@ class Netns(Device):
                           for r, slot in zip(routes.tolist(), slots.tolist())], np.int32)
         h = parse.parse(pool.buf, pool.start[slots], pool.length[slots], ())
         out_if = np.array([self.routes[r].dev for r in routes.tolist()], np.int32)
-        go = self._drop_rejected(engine, self._hook("POSTROUTING", engine, slots, times, h, out_if),
+        go = self._drop_rejected(engine, self.run_hook("POSTROUTING", engine, slots, times, h, out_if),
                                  slots, times, out_if, notes, np.arange(len(slots)))
         mtu = np.array([self.ifaces[i].mtu for i in out_if.tolist()], np.int64)
         too_big = go & (h.ip_len.astype(np.int64) > mtu)
@@ -676,7 +684,7 @@ class Netns(Device):
         routes = lpm.lookup(self._fib_table(), remote)
         outer = parse.parse(pool.buf, pool.start[slots], pool.length[slots], self._vxlan_ports())
         out_if = np.array([self.routes[r].dev if r >= 0 else 0 for r in routes.tolist()], np.int32)
-        verdict = self._hook("OUTPUT", engine, slots, times, outer, out_if)
+        verdict = self.run_hook("OUTPUT", engine, slots, times, outer, out_if)
         for k in range(len(slots)):
             if verdict[k]:
                 engine.drop(self, slots[k:k + 1], verdict[k:k + 1], times[k:k + 1], dev.port.id)

@@ -1,0 +1,76 @@
+"""A running emulated cluster: manifests in, packets out.
+
+    model (emu.model) -> controllers (emu.control.cluster) -> ClusterState
+      -> Flannel wires nodes and pods into an Engine (emu.control.flannel)
+      -> kube-proxy's rules on every node (emu.control.proxier)
+      -> CoreDNS pods answer from the cluster zone (emu.hosts.coredns)
+
+Changes (scale, delete a pod, fail a node, apply more manifests) go through
+the controllers; `sync()` then updates kube-proxy's rules and the DNS zone,
+and wires pods that did not exist yet, as the kubelet and CNI plugin would.
+Existing connections keep their conntrack entries (and so their backends).
+"""
+from __future__ import annotations
+
+from emu.control import cluster as controllers
+from emu.control import flannel
+from emu.control.ipam import UNDERLAY
+from emu.control.kubeproxy import KubeProxy
+from emu.control.proxier import Proxier
+from emu.control.state import ClusterState
+from emu.dataplane.engine import Engine
+from emu.hosts.coredns import CoreDNS, zone_from_state
+from emu.model.manifests import Model
+
+COREDNS_LABEL = ("k8s-app", "kube-dns")
+
+
+class Cluster:
+    def __init__(self, model: Model, seed: int = 1, capture: bool = True):
+        self.model = model
+        self.seed = seed
+        self.state: ClusterState = controllers.build(model, seed)
+        self.engine = Engine(seed=seed)
+        self.fabric = flannel.build(self.state, self.engine, underlay_plen=UNDERLAY.prefixlen)
+        settings = self.state.settings
+        self.proxies = {
+            name: KubeProxy(self.state, name, mode=settings.kube_proxy_mode,
+                            scheduler=settings.ipvs_scheduler, seed=seed)
+            for name in self.fabric.nodes}
+        for name, node in self.fabric.nodes.items():
+            Proxier(self.proxies[name]).attach(node.ns)
+        self.dns_servers: dict[tuple[str, str], CoreDNS] = {}
+        self._serve_dns()
+        if capture:
+            self.engine.capture(default_taps(self.engine))
+
+    def _serve_dns(self) -> None:
+        zone = zone_from_state(self.state, serial=1 + self.engine.now // 1_000_000_000)
+        key, value = COREDNS_LABEL
+        for pod_key, pod in self.state.pods.items():
+            if pod.labels.get(key) == value and pod_key in self.fabric.pods:
+                server = self.dns_servers.get(pod_key)
+                if server is None:
+                    self.dns_servers[pod_key] = CoreDNS(zone).serve(self.fabric.pods[pod_key])
+                else:
+                    server.zone = zone
+
+    def pod(self, namespace: str, name: str):
+        """The namespace (Netns) of a running pod."""
+        return self.fabric.pods[(namespace, name)]
+
+    def sync(self) -> None:
+        """After a change through the controllers: wire new pods, update every
+        node's kube-proxy rules and the DNS zone."""
+        for key, p in self.state.pods.items():
+            if key not in self.fabric.pods and p.ip and p.node and not p.host_network:
+                self.fabric.pods[key] = flannel.add_pod(
+                    self.engine, self.fabric.nodes[p.node], flannel.pod_device_name(p.namespace, p.name), p.ip)
+        for proxy in self.proxies.values():
+            proxy.update(self.state)
+        self._serve_dns()
+
+
+def default_taps(engine: Engine):
+    """Every interface a user would tcpdump: all but the bridges' internal host links."""
+    return [p for p in engine.ports if not p.name.endswith("cni0-bridge")]

@@ -1,0 +1,82 @@
+"""kube-proxy installed in a node's namespace: the netfilter side of
+emu.control.kubeproxy.
+
+At PREROUTING (packets arriving) and OUTPUT (sent by the node), after
+conntrack and before NAT, the first packet of every new connection is put
+to the node's rules (`KubeProxy.decide`):
+- DNAT: the backend becomes the connection's reply source (emu.dataplane.nat),
+  so every later packet of the connection, both ways, is translated from
+  conntrack alone, as in Linux; a masquerade decision sets mark 0x4000 on
+  the packet, and KUBE-POSTROUTING masquerades marked packets to the
+  address of the interface they leave by;
+- REJECT (a Service without endpoints): ICMP port unreachable, packet dropped;
+- DROP (traffic policy Local without a local endpoint): dropped.
+The decision's one-line explanation goes into the capture notes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from emu.control.kubeproxy import DNAT, MASQ_MARK, KubeProxy
+from emu.dataplane.conntrack import NEW
+from emu.dataplane.nat import Nat
+from emu.wire import ipv4
+from kernels.drop import Drop
+
+L4 = 0x80  # kernels.parse.L4: the packet has ports
+
+
+class Proxier:
+    def __init__(self, kube_proxy: KubeProxy):
+        self.kube_proxy = kube_proxy
+        self._pending: dict[tuple, tuple[int, int]] = {}  # original tuple -> backend, for Nat
+
+    def attach(self, netns) -> "Proxier":
+        netns.hooks["PREROUTING"].append(self._prerouting)
+        netns.hooks["OUTPUT"].append(self._output)
+        self.nat = Nat(dnat=self._dnat, snat=self._masquerade)
+        self.nat.attach(netns)
+        return self
+
+    def _prerouting(self, netns, engine, slots, times, h, ifx):
+        return self._decide(netns, engine, slots, times, h, "PREROUTING")
+
+    def _output(self, netns, engine, slots, times, h, ifx):
+        return self._decide(netns, engine, slots, times, h, "OUTPUT")
+
+    def _decide(self, netns, engine, slots, times, h, hook):
+        pool = engine.pool
+        verdict = np.zeros(len(slots), np.uint8)
+        for k, slot in enumerate(slots.tolist()):
+            if pool.ctinfo[slot] != NEW or not h.flags[k] & L4 or pool.ct[slot] < 0:
+                continue
+            proto = int(h.ip_proto[k])
+            if proto not in (6, 17, 132):
+                continue
+            d = self.kube_proxy.decide(ipv4.ntoa(int(h.ip_src[k])), proto, ipv4.ntoa(int(h.ip_dst[k])),
+                                       int(h.dport[k]), now_ns=int(times[k]), hook=hook,
+                                       src_port=int(h.sport[k]))
+            if d.action == DNAT:
+                key = (int(h.ip_src[k]), int(h.ip_dst[k]), int(h.sport[k]), int(h.dport[k]), proto)
+                self._pending[key] = (ipv4.aton(d.backend[0]), d.backend[1])
+                pool.mark[slot] |= d.mark
+                self.nat.annotate(engine, slot, d.explain)
+            elif d.action == "REJECT":
+                netns.reject(engine, slot, int(times[k]))
+                verdict[k] = Drop.SERVICE_NO_ENDPOINTS
+            elif d.action == "DROP":
+                verdict[k] = Drop.SERVICE_NO_LOCAL
+            elif d.masquerade:
+                pool.mark[slot] |= d.mark
+        return verdict
+
+    def _dnat(self, netns, t):
+        return self._pending.pop((t.src, t.dst, t.sport, t.dport, t.proto), None)
+
+    @staticmethod
+    def _masquerade(netns, t, out_ifindex, mark):
+        """KUBE-POSTROUTING: MASQUERADE what kube-proxy marked, to the egress interface's address."""
+        if not mark & MASQ_MARK:
+            return None
+        addrs = netns.ifaces[out_ifindex].addrs
+        return addrs[0][0] if addrs else None
