@@ -64,3 +64,5 @@ class ClusterState:
     # EndpointSlices by Service (namespace, service name), generated and user-supplied
     slices: dict[tuple[str, str], tuple[EndpointSlice, ...]] = field(default_factory=dict)
     namespaces: tuple[str, ...] = ()
+    # the controllers' own bookkeeping (allocators, IPAM, scheduler, indexes)
+    controllers: object = field(default=None, repr=False, compare=False)
