@@ -59,13 +59,39 @@ class Cluster:
         """The namespace (Netns) of a running pod."""
         return self.fabric.pods[(namespace, name)]
 
+    # -- changes, through the controllers ------------------------------------------
+    def scale(self, namespace: str, name: str, replicas: int) -> None:
+        controllers.scale(self.state, self.model, namespace, name, replicas)
+        self.sync()
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        controllers.delete_pod(self.state, namespace, name)
+        self.sync()
+
+    def apply(self, more: Model) -> None:
+        controllers.apply(self.state, more)
+        self.sync()
+
+    def fail_node(self, name: str) -> None:
+        """The node goes down: its link to the underlay is cut (its pods stop
+        answering) and the controllers mark it NotReady."""
+        eth0 = self.fabric.nodes[name].ns.iface("eth0").port
+        self.engine.set_link_up(eth0, False)
+        controllers.fail_node(self.state, name)
+        self.sync()
+
     def sync(self) -> None:
-        """After a change through the controllers: wire new pods, update every
-        node's kube-proxy rules and the DNS zone."""
+        """After a change through the controllers: wire new pods and unplug
+        deleted ones (the kubelet and CNI plugin), update every node's
+        kube-proxy rules and the DNS zone. Conntrack entries stay."""
         for key, p in self.state.pods.items():
             if key not in self.fabric.pods and p.ip and p.node and not p.host_network:
                 self.fabric.pods[key] = flannel.add_pod(
                     self.engine, self.fabric.nodes[p.node], flannel.pod_device_name(p.namespace, p.name), p.ip)
+        for key in [k for k in self.fabric.pods if k not in self.state.pods]:
+            pod = self.fabric.pods.pop(key)
+            if pod.kind == "netns" and not any(pod is n.ns for n in self.fabric.nodes.values()):
+                self.engine.set_link_up(pod.iface("eth0").port, False)  # CNI DEL: the veth is gone
         for proxy in self.proxies.values():
             proxy.update(self.state)
         self._serve_dns()

@@ -76,3 +76,52 @@ def test_same_seed_same_capture(tmp_path):
         c.engine.taps.write_pcapng(tmp_path / f"{i}.pcapng", c.engine)
         outs.append((tmp_path / f"{i}.pcapng").read_bytes())
     assert outs[0] == outs[1]
+
+
+def test_scaling_keeps_existing_flows_on_their_backend():
+    c = _cluster()
+    st, eng = c.state, c.engine
+    client_ip = st.pods[("default", "client")].ip
+    client = c.pod("default", "client")
+    vip = st.services[("default", "web")].cluster_ip
+    got = []
+    for port in range(41000, 41020):
+        client.bind(17, port, lambda ns, f, l3, t: got.append((IP(f[l3:])[UDP].dport, bytes(IP(f[l3:])[UDP].payload))))
+
+    def send(sport, t):
+        client.send_ip(eng, bytes(IP(src=client_ip, dst=vip) / UDP(sport=sport, dport=80) / b"x"), t)
+    send(41000, 0)
+    eng.run()
+    first = dict(got)[41000]
+    c.scale("default", "web", 6)
+    for (ns, name), pod in c.fabric.pods.items():
+        if name.startswith("web-") and (17, 8080) not in pod.sockets:
+            _udp_echo(pod, 8080)
+    send(41000, eng.now + 1_000_000)          # the same flow: conntrack keeps its backend
+    for i in range(1, 20):
+        send(41000 + i, eng.now + 2_000_000 + i)  # new flows spread over six backends
+    eng.run()
+    same_flow = [b for port, b in got if port == 41000]
+    assert same_flow == [first, first]
+    assert len({b for port, b in got if port != 41000}) > 2
+    assert len([p for p in st.pods if p[1].startswith("web-")]) == 6
+
+
+def test_deleted_backend_stops_answering_and_leaves_the_rules():
+    c = _cluster()
+    st, eng = c.state, c.engine
+    web = sorted(k for k in st.pods if k[1].startswith("web-"))
+    c.delete_pod(*web[0])
+    assert web[0] not in c.fabric.pods
+    for (ns, name), pod in c.fabric.pods.items():
+        if name.startswith("web-") and (17, 8080) not in pod.sockets:
+            _udp_echo(pod, 8080)
+    client_ip = st.pods[("default", "client")].ip
+    client = c.pod("default", "client")
+    got = []
+    for port in range(42000, 42010):
+        client.bind(17, port, lambda ns, f, l3, t: got.append(bytes(IP(f[l3:])[UDP].payload).decode()))
+        client.send_ip(eng, bytes(IP(src=client_ip, dst=st.services[("default", "web")].cluster_ip)
+                                  / UDP(sport=port, dport=80)), port)
+    eng.run()
+    assert len(got) == 10 and web[0][1] not in got  # the replacement and the other pod answer
