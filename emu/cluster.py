@@ -4,6 +4,8 @@
       -> Flannel wires nodes and pods into an Engine (emu.control.flannel)
       -> kube-proxy's rules on every node (emu.control.proxier)
       -> CoreDNS pods answer from the cluster zone (emu.hosts.coredns)
+      -> an external host on the underlay; LoadBalancer IPs announced in ARP
+         by a node, as MetalLB's L2 mode does
 
 Changes (scale, delete a pod, fail a node, apply more manifests) go through
 the controllers; `sync()` then updates kube-proxy's rules and the DNS zone,
@@ -19,10 +21,12 @@ from emu.control.kubeproxy import KubeProxy
 from emu.control.proxier import Proxier
 from emu.control.state import ClusterState
 from emu.dataplane.engine import Engine
+from emu.dataplane.netns import Netns
 from emu.hosts.coredns import CoreDNS, zone_from_state
 from emu.model.manifests import Model
 
 COREDNS_LABEL = ("k8s-app", "kube-dns")
+EXTERNAL_IP = "192.168.0.200"  # the external host on the underlay
 
 
 class Cluster:
@@ -41,6 +45,8 @@ class Cluster:
             Proxier(self.proxies[name]).attach(node.ns)
         self.dns_servers: dict[tuple[str, str], CoreDNS] = {}
         self._serve_dns()
+        self._announce_load_balancers()
+        self.external = self._external_host()
         if capture:
             self.engine.capture(default_taps(self.engine))
 
@@ -54,6 +60,26 @@ class Cluster:
                     self.dns_servers[pod_key] = CoreDNS(zone).serve(self.fabric.pods[pod_key])
                 else:
                     server.zone = zone
+
+    def _external_host(self):
+        """A host outside the cluster on the underlay (a user's laptop on the
+        node network): for NodePorts, external IPs and LoadBalancers."""
+        host = self.engine.add(Netns("external"))
+        eth0 = host.add_interface("eth0", flannel.mac_for(self.seed, "external/eth0"))
+        host.add_address("eth0", f"{EXTERNAL_IP}/{UNDERLAY.prefixlen}")
+        self.engine.link(eth0.port, self.fabric.switch.add_bridge_port("port-external"),
+                         flannel.UNDERLAY_LATENCY_NS)
+        return host
+
+    def _announce_load_balancers(self) -> None:
+        """MetalLB in L2 mode: each LoadBalancer IP is answered in ARP by one
+        node (the first ready node here; MetalLB elects one per IP), whose
+        kube-proxy rules then take the traffic (KUBE-EXT)."""
+        ready = [n for n in self.state.nodes.values() if n.ready]
+        for info in self.state.services.values():
+            for ip in info.load_balancer_ips:
+                if ready:
+                    self.fabric.nodes[ready[0].name].ns.announce("eth0", ip)
 
     def pod(self, namespace: str, name: str):
         """The namespace (Netns) of a running pod."""
