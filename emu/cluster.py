@@ -4,8 +4,8 @@
       -> Flannel wires nodes and pods into an Engine (emu.control.flannel)
       -> kube-proxy's rules on every node (emu.control.proxier)
       -> CoreDNS pods answer from the cluster zone (emu.hosts.coredns)
-      -> an external host on the underlay; LoadBalancer IPs announced in ARP
-         by a node, as MetalLB's L2 mode does
+      -> an external host and a network load balancer on the underlay
+         (emu.dataplane.loadbalancer) for NodePorts and LoadBalancer IPs
 
 Changes (scale, delete a pod, fail a node, apply more manifests) go through
 the controllers; `sync()` then updates kube-proxy's rules and the DNS zone,
@@ -21,6 +21,7 @@ from emu.control.kubeproxy import KubeProxy
 from emu.control.proxier import Proxier
 from emu.control.state import ClusterState
 from emu.dataplane.engine import Engine
+from emu.dataplane.loadbalancer import LoadBalancer
 from emu.dataplane.netns import Netns
 from emu.hosts.coredns import CoreDNS, zone_from_state
 from emu.model.manifests import Model
@@ -45,8 +46,9 @@ class Cluster:
             Proxier(self.proxies[name]).attach(node.ns)
         self.dns_servers: dict[tuple[str, str], CoreDNS] = {}
         self._serve_dns()
-        self._announce_load_balancers()
         self.external = self._external_host()
+        self.load_balancer = self._load_balancer()
+        self._program_load_balancer()
         if capture:
             self.engine.capture(default_taps(self.engine))
 
@@ -71,15 +73,26 @@ class Cluster:
                          flannel.UNDERLAY_LATENCY_NS)
         return host
 
-    def _announce_load_balancers(self) -> None:
-        """MetalLB in L2 mode: each LoadBalancer IP is answered in ARP by one
-        node (the first ready node here; MetalLB elects one per IP), whose
-        kube-proxy rules then take the traffic (KUBE-EXT)."""
+    def _load_balancer(self) -> LoadBalancer:
+        lb = self.engine.add(LoadBalancer("loadbalancer", flannel.mac_for(self.seed, "loadbalancer/eth0")))
+        self.engine.link(lb.attach(self.engine), self.fabric.switch.add_bridge_port("port-loadbalancer"),
+                         flannel.UNDERLAY_LATENCY_NS)
+        return lb
+
+    def _program_load_balancer(self) -> None:
+        """Every LoadBalancer IP to the ready nodes, or for externalTrafficPolicy
+        Local to the ready nodes with a ready local endpoint."""
         ready = [n for n in self.state.nodes.values() if n.ready]
         for info in self.state.services.values():
+            if not info.load_balancer_ips:
+                continue
+            nodes = ready
+            if info.service.external_traffic_policy == "Local":
+                local = {e.node_name for s in self.state.slices.get(info.key, ()) for e in s.endpoints if e.ready}
+                nodes = [n for n in ready if n.name in local]
+            members = [(n.name, self.fabric.nodes[n.name].ns.iface("eth0").mac) for n in nodes]
             for ip in info.load_balancer_ips:
-                if ready:
-                    self.fabric.nodes[ready[0].name].ns.announce("eth0", ip)
+                self.load_balancer.set_backends(ip, members)
 
     def pod(self, namespace: str, name: str):
         """The namespace (Netns) of a running pod."""
@@ -121,6 +134,7 @@ class Cluster:
         for proxy in self.proxies.values():
             proxy.update(self.state)
         self._serve_dns()
+        self._program_load_balancer()
 
 
 def default_taps(engine: Engine):

@@ -1,13 +1,13 @@
 """Traffic from outside the cluster: NodePort with externalTrafficPolicy
 Cluster and Local (the source address the backend sees), and a LoadBalancer
-IP drawn to a node as MetalLB's L2 mode does."""
+IP through the network load balancer in front of the nodes."""
 from __future__ import annotations
 
 from scapy.layers.inet import IP, UDP
 
 from emu.cluster import EXTERNAL_IP, Cluster
 from emu.model import load
-from tests.tshark import problems
+from tests.tshark import fields, problems
 from tests.util import ROOT
 
 MANIFESTS = str(ROOT / "tests" / "data" / "cluster" / "external.yaml")
@@ -76,5 +76,13 @@ def test_nodeport_local_policy_without_local_endpoint_drops():
 def test_load_balancer_ip(tmp_path):
     c = _cluster()
     lb_ip = c.state.services[("default", "api-lb")].load_balancer_ips[0]
-    got = _ask(c, lb_ip, 80, range(53000, 53006))
-    assert len(got) == 6 and {p.src for p in got.values()} == {lb_ip}
+    got = _ask(c, lb_ip, 80, range(53000, 53020))
+    assert len(got) == 20 and {p.src for p in got.values()} == {lb_ip}  # answers come from the LB IP
+    path = tmp_path / "lb.pcapng"
+    c.engine.taps.write_pcapng(path, c.engine)
+    assert problems(path) == []
+    picks = {r[0] for r in fields(path, "frame.comment") if "Maglev picks" in r[0]}
+    assert {p.rsplit("picks ", 1)[1].split()[0] for p in picks} == {"node-1", "node-2"}  # flows spread
+    # direct server return: the answers never pass the load balancer
+    assert not [r for r in fields(path, "frame.interface_name", "ip.src")
+                if r[0] == "loadbalancer/eth0" and r[1] == lb_ip]

@@ -111,7 +111,6 @@ class Netns(Device):
         # what hooks said about a packet (e.g. kube-proxy's DNAT), by packet id,
         # added to the notes of its capture records here
         self.annotations: dict[int, str] = {}
-        self.announced: set[tuple[int, int]] = set()  # (ifindex, IP) answered in ARP, not local
 
     # -- configuration (what `ip` commands would do) ----------------------------------
     def add_interface(self, name: str, mac: int, mtu: int = 1500) -> Interface:
@@ -191,12 +190,6 @@ class Netns(Device):
             raise EmuError(f"{self.name}: {dev} is not a VXLAN device")
         iface.fdb[mac] = ipv4.aton(dst)
 
-    def announce(self, ifname: str, ip: str) -> None:
-        """Answer ARP for `ip` on `ifname` without owning it (a gratuitous ARP is
-        not sent): how MetalLB's L2 speaker draws a LoadBalancer IP to a node,
-        where kube-proxy's rules take it."""
-        self.announced.add((self.iface(ifname).index, ipv4.aton(ip)))
-
     def bind(self, proto: int, port: int, handler) -> None:
         """Deliver packets for (protocol, local port / ICMP echo id) to
         handler(netns, frame_bytes, l3_offset, time_ns)."""
@@ -272,9 +265,8 @@ class Netns(Device):
         op, sha, spa, tpa = int(h.arp_op[k]), int(h.arp_sha[k]), int(h.ip_src[k]), int(h.ip_dst[k])
         port = iface.port.id
         note = "ARP ignored"
-        # arp_ignore=0: answer for any local address, whichever interface asked;
-        # also for announced addresses (MetalLB's L2 mode answers for LoadBalancer IPs)
-        if op == 1 and (tpa in self._local or (ifindex, tpa) in self.announced):
+        # arp_ignore=0: answer for any local address, whichever interface asked
+        if op == 1 and tpa in self._local:
             self._neigh_update(engine, ifindex, spa, sha, create=True, time=time)
             reply = _scapy_arp(2, iface.mac, tpa, sha, spa, eth_dst=sha)
             engine.send(iface.port, reply, time, note=f"ARP reply {ipv4.ntoa(tpa)} is-at {ethernet.mac_to_str(iface.mac)}")
