@@ -49,6 +49,24 @@ def demo(
     run_demo(output, seed=seed, pcap_dir=pcap_dir)
 
 
+@app.command()
+def show(
+    kind: str = typer.Argument(..., help="pods | services | endpoints | routes | neigh | fdb | iptables | conntrack | dns"),
+    files: list[str] = typer.Option(..., "--filename", "-f",
+                                    help="Manifests: a file, a folder or - for stdin (repeatable)."),
+    node: str = typer.Option(None, "--node", help="Only this node (routes, neigh, fdb, iptables, conntrack)."),
+    seed: int = typer.Option(1, help="Seed for every random choice (names, addresses)."),
+) -> None:
+    """Build the cluster the manifests describe and print one of its tables."""
+    from emu.cli.render import print_tables
+    from emu.cluster import Cluster
+    from emu.model import load
+    from emu.show import show as show_tables
+
+    model = load(files, stdin=sys.stdin if "-" in files else None)
+    print_tables(show_tables(Cluster(model, seed=seed, capture=False), kind, node))
+
+
 def main() -> None:
     try:
         app()
@@ -57,5 +75,5 @@ def main() -> None:
             raise
         from rich.console import Console
 
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
