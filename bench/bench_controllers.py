@@ -17,6 +17,7 @@ import time
 
 from bench.conftest import size
 from emu.control import cluster
+from emu.control.kubeproxy import KubeProxy
 from emu.model import load
 
 NODES = size(5_000, 20)
@@ -81,7 +82,11 @@ def test_controllers_scale(benchmark, record):
         t1 = time.perf_counter()
         state = cluster.build(model, seed=1)
         t2 = time.perf_counter()
-        timing.update(load_s=round(t1 - t0, 2), build_s=round(t2 - t1, 2))
+        # one node's kube-proxy tables (every node builds its own the same way)
+        proxy = KubeProxy(state, "node-1", seed=1)
+        t3 = time.perf_counter()
+        timing.update(load_s=round(t1 - t0, 2), build_s=round(t2 - t1, 2),
+                      kube_proxy_s=round(t3 - t2, 2), rules=proxy.iptables_save().count("\n-A "))
         return state
 
     state = benchmark.pedantic(run, rounds=1, iterations=1)
@@ -91,7 +96,7 @@ def test_controllers_scale(benchmark, record):
     assert pods == DEPLOYMENTS * REPLICAS + 2  # + CoreDNS
     assert all(p.ip for p in state.pods.values())
     assert len(state.services) == DEPLOYMENTS + 2
-    record("control plane: load + build", "emu", pods, "pods", target_seconds=60,
+    record("control plane: load + controllers + kube-proxy", "emu", pods, "pods", target_seconds=60,
            nodes=NODES, services=len(state.services),
            slices=sum(len(s) for s in state.slices.values()),
            peak_rss_gib=round(peak_gib, 2), **timing)

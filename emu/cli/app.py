@@ -65,6 +65,8 @@ def show(
 
     model = load(files, stdin=sys.stdin if "-" in files else None)
     print_tables(show_tables(Cluster(model, seed=seed, capture=False), kind, node))
+    for ig in model.ignored:  # unknown kinds are listed, not fatal
+        typer.echo(f"ignored: {ig.file}:{ig.line}: {ig.kind} {ig.name or ''}".rstrip(), err=True)
 
 
 def main() -> None:
