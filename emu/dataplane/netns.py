@@ -34,7 +34,7 @@ import numpy as np
 from emu.dataplane.conntrack import CTINFO_NAMES
 from emu.dataplane.engine import Device, Engine, HopLog, Port
 from emu.errors import EmuError
-from emu.wire import ethernet, ipv4
+from emu.wire import ethernet, icmp, ipv4
 from kernels import hashing, lpm, parse, rewrite
 from kernels.drop import Drop
 
@@ -726,10 +726,8 @@ class Netns(Device):
         quoted = frame[int(h.l3_off[0]):int(h.l3_off[0]) + int(h.ip_len[0])]
         quoted = quoted[: ICMP_QUOTE_LIMIT - 28]
         packet = _icmp_error_packet(self.source_for(self.routes[r]), dst, icmp_type, code, quoted, mtu)
-        names = {(3, 0): "net unreachable", (3, 1): "host unreachable", (3, 3): "port unreachable",
-                 (3, 4): f"fragmentation needed (mtu {mtu})", (11, 0): "time exceeded in transit"}
-        self.send_ip(engine, packet, time, note=f"ICMP {names.get((icmp_type, code), icmp_type)} "
-                                                f"to {ipv4.ntoa(dst)}")
+        what = icmp.name(icmp_type, code) + (f" (mtu {mtu})" if mtu else "")
+        self.send_ip(engine, packet, time, note=f"ICMP {what} to {ipv4.ntoa(dst)}")
 
 
 def _quoted_socket(frame: bytes, inner: int) -> tuple[int, int]:

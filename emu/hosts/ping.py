@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from emu.dataplane.engine import Engine
 from emu.dataplane.netns import Netns
 from emu.errors import EmuError
+from emu.wire import icmp as icmp_names
 from emu.wire import ipv4
 
-ICMP_NAMES = {(3, 0): "net unreachable", (3, 1): "host unreachable", (3, 3): "port unreachable",
-              (3, 4): "fragmentation needed", (11, 0): "TTL exceeded", (11, 1): "reassembly timeout"}
 
 
 @dataclass
@@ -76,7 +75,7 @@ class Ping:
             if not ip.haslayer(ICMPerror):
                 return
             seq = ip[ICMPerror].seq
-            status = ICMP_NAMES.get((icmp.type, icmp.code), f"ICMP {icmp.type}/{icmp.code}")
+            status = icmp_names.name(icmp.type, icmp.code)
         for echo in self.echoes:
             if echo.seq == seq and echo.rtt_ns is None:
                 echo.status, echo.rtt_ns, echo.responder = status, time - echo.sent_ns, ip.src
