@@ -21,10 +21,8 @@ from emu.control.kubeproxy import DNAT, MASQ_MARK, KubeProxy
 from emu.dataplane.conntrack import NEW
 from emu.dataplane.nat import Nat
 from emu.wire import ipv4
+from kernels import parse
 from kernels.drop import Drop
-
-L4 = 0x80  # kernels.parse.L4: the packet has ports
-
 
 class Proxier:
     def __init__(self, kube_proxy: KubeProxy):
@@ -48,7 +46,7 @@ class Proxier:
         pool = engine.pool
         verdict = np.zeros(len(slots), np.uint8)
         for k, slot in enumerate(slots.tolist()):
-            if pool.ctinfo[slot] != NEW or not h.flags[k] & L4 or pool.ct[slot] < 0:
+            if pool.ctinfo[slot] != NEW or not h.flags[k] & parse.L4 or pool.ct[slot] < 0:
                 continue
             proto = int(h.ip_proto[k])
             if proto not in (6, 17, 132):

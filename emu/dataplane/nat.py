@@ -29,6 +29,7 @@ import numpy as np
 
 from emu.dataplane.conntrack import NEW
 from kernels import conntrack as ct
+from kernels import parse
 from kernels import rewrite
 from kernels.drop import Drop
 
@@ -75,7 +76,7 @@ class Nat:
         verdict = np.zeros(len(slots), np.uint8)
         for k, slot in enumerate(slots.tolist()):
             c = int(pool.ct[slot])
-            if c < 0 or not h.flags[k] & 0x80:  # untracked, or no L4 header (parse.L4)
+            if c < 0 or not h.flags[k] & parse.L4:  # untracked, or no ports to translate
                 continue
             if pool.ctinfo[slot] == NEW and self._is_first(table, c, h, k):
                 c = self._new(engine, slot, c, h, k, int(ifx[k]), source, times[k])
