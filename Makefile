@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT    ?= out
 
-.PHONY: all setup tshark demo test bench bench-quick clean
+.PHONY: all setup tshark demo pcaps test bench clean
 
 all: test
 
@@ -27,6 +27,9 @@ tshark:
 demo: setup
 	mkdir -p $(OUT)
 	$(VENV)/bin/emu demo -o $(OUT)/demo.pcapng
+
+pcaps: setup  # regenerate the golden captures (tests compare them byte for byte)
+	$(VENV)/bin/emu demo -o pcaps/demo.pcapng > /dev/null
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -37,7 +37,7 @@ def test_errors_are_one_line_and_non_zero(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-CLUSTER = str(ROOT / "tests" / "data" / "cluster")
+CLUSTER = str(ROOT / "examples" / "cluster")
 
 
 def test_show_tables_from_manifests():

@@ -10,7 +10,7 @@ from emu.model import load
 from tests.tshark import fields, problems
 from tests.util import ROOT
 
-MANIFESTS = str(ROOT / "tests" / "data" / "cluster" / "app.yaml")
+MANIFESTS = str(ROOT / "examples" / "cluster" / "app.yaml")
 
 
 def _udp_echo(netns, port):

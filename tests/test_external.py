@@ -10,7 +10,7 @@ from emu.model import load
 from tests.tshark import fields, problems
 from tests.util import ROOT
 
-MANIFESTS = str(ROOT / "tests" / "data" / "cluster" / "external.yaml")
+MANIFESTS = str(ROOT / "examples" / "cluster" / "external.yaml")
 
 
 def _cluster():
