@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from emu.dataplane.engine import Device, Engine
-from emu.wire import ethernet, ipv4
+from emu.wire import craft, ethernet, ipv4
 from kernels import hashing, maglev, parse, rewrite
 from kernels.drop import Drop
 
@@ -66,13 +66,11 @@ class LoadBalancer(Device):
         return notes
 
     def _arp_reply(self, engine, h, k, time) -> int:
-        from scapy.layers.l2 import ARP, Ether
-
-        me, vip = ethernet.mac_to_str(self.mac), ipv4.ntoa(int(h.ip_dst[k]))
-        asker = ethernet.mac_to_str(int(h.arp_sha[k]))
-        engine.send(self.port, bytes(Ether(dst=asker, src=me) / ARP(op=2, hwsrc=me, psrc=vip, hwdst=asker,
-                                                                     pdst=ipv4.ntoa(int(h.ip_src[k])))),
-                    time, note=f"ARP reply {vip} is-at {me} (load balancer)")
+        vip, asker = int(h.ip_dst[k]), int(h.arp_sha[k])
+        reply = craft.arp(2, self.mac, vip, asker, int(h.ip_src[k]), eth_dst=asker)
+        engine.send(self.port, reply, time,
+                    note=f"ARP reply {ipv4.ntoa(vip)} is-at {ethernet.mac_to_str(self.mac)} (load balancer)")
+        vip = ipv4.ntoa(vip)
         return engine.note(f"ARP who-has {vip}: the load balancer's")
 
     def _forward(self, engine, slot, h, k, time) -> int:

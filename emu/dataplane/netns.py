@@ -34,7 +34,7 @@ import numpy as np
 from emu.dataplane.conntrack import CTINFO_NAMES
 from emu.dataplane.engine import Device, Engine, HopLog, Port
 from emu.errors import EmuError
-from emu.wire import ethernet, icmp, ipv4
+from emu.wire import craft, ethernet, icmp, ipv4
 from kernels import hashing, lpm, parse, rewrite
 from kernels.drop import Drop
 
@@ -268,7 +268,7 @@ class Netns(Device):
         # arp_ignore=0: answer for any local address, whichever interface asked
         if op == 1 and tpa in self._local:
             self._neigh_update(engine, ifindex, spa, sha, create=True, time=time)
-            reply = _scapy_arp(2, iface.mac, tpa, sha, spa, eth_dst=sha)
+            reply = craft.arp(2, iface.mac, tpa, sha, spa, eth_dst=sha)
             engine.send(iface.port, reply, time, note=f"ARP reply {ipv4.ntoa(tpa)} is-at {ethernet.mac_to_str(iface.mac)}")
             note = f"ARP who-has {ipv4.ntoa(tpa)}: ours, answered"
         elif op == 2:
@@ -301,7 +301,7 @@ class Netns(Device):
     def _arp_solicit(self, engine, ifindex, ip, time, src_hint) -> None:
         iface = self.ifaces[ifindex]
         src = src_hint if src_hint in self._local else (iface.addrs[0][0] if iface.addrs else 0)
-        req = _scapy_arp(1, iface.mac, src, 0, ip, eth_dst=ethernet.BROADCAST)
+        req = craft.arp(1, iface.mac, src, 0, ip, eth_dst=ethernet.BROADCAST)
         engine.send(iface.port, req, time, note=f"ARP who-has {ipv4.ntoa(ip)} tell {ipv4.ntoa(src)}")
 
     def _arp_timer(self, ifindex, ip, src_hint):
@@ -418,14 +418,14 @@ class Netns(Device):
         if flags & parse.VXLAN:
             return self._vxlan_input(engine, ifindex, slot, time, h, k)
         if proto == ipv4.PROTO_ICMP and h.icmp_type[k] == 8 and (flags & parse.L4):
-            reply = _echo_reply(engine.pool.frame(slot)[l3:])
+            reply = craft.echo_reply(engine.pool.frame(slot)[l3:])
             engine.deliver(self, one_slot, one_time, port, engine.note("ICMP echo request: ours"))
             self.send_ip(engine, reply, time, note=f"ICMP echo reply from {ipv4.ntoa(dst)}")
             return engine.note(f"ICMP echo request to {ipv4.ntoa(dst)}: answered")
         key = int(h.dport[k]) if proto in (ipv4.PROTO_TCP, ipv4.PROTO_UDP) else int(h.sport[k])
         if flags & parse.ICMP_ERROR and int(h.inner_off[k]) >= 0:
             # icmp_unreach -> the protocol's err_handler: the socket that sent the quoted packet
-            quoted = _quoted_socket(engine.pool.frame(slot), int(h.inner_off[k]))
+            quoted = icmp.quoted_endpoint(engine.pool.frame(slot), int(h.inner_off[k]))
             handler = self.sockets.get(quoted)
             note = engine.note(f"ICMP error for local socket proto {quoted[0]} port {quoted[1]}"
                                if handler else "ICMP error, no socket to report it to")
@@ -446,7 +446,7 @@ class Netns(Device):
             engine.drop(self, one_slot, Drop.PORT_UNREACHABLE, one_time, port)
             return engine.note(f"drop: PORT_UNREACHABLE udp/{key}, ICMP port unreachable sent")
         if proto == ipv4.PROTO_TCP and (flags & parse.L4) and not (int(h.tcp_flags[k]) & 0x04):
-            rst = _tcp_reset(engine.pool.frame(slot)[l3:])
+            rst = craft.tcp_reset(engine.pool.frame(slot)[l3:])
             engine.drop(self, one_slot, Drop.PORT_UNREACHABLE, one_time, port)
             self.send_ip(engine, rst, time, note=f"TCP RST: nothing listens on port {key}")
             return engine.note(f"drop: PORT_UNREACHABLE tcp/{key}, RST sent")
@@ -478,7 +478,7 @@ class Netns(Device):
         one_slot, one_time = np.array([slot], np.int32), np.array([time], np.int64)
         port = self.ifaces[ifindex].port.id
         note = engine.note("fragment queued for reassembly")
-        whole = _reassembled(q)
+        whole = ipv4.reassemble(q)
         if whole is None:
             if offset != 0:
                 engine.deliver(self, one_slot, one_time, port, note)
@@ -578,7 +578,7 @@ class Netns(Device):
             sent = ", ICMP fragmentation needed sent" if forwarded else " (EMSGSIZE to the sender)"
             return engine.note(f"drop: FRAG_NEEDED {int(h.ip_len[k])} > mtu {mtu} of {dev}{sent}")
         # DF clear: ip_fragment into pieces that fit, each a packet on the wire
-        frags = _fragment(engine.pool.frame(slot)[int(h.l3_off[k]):], mtu)
+        frags = craft.fragment(engine.pool.frame(slot)[int(h.l3_off[k]):], mtu)
         pkt_id = int(engine.pool.pkt_id[slot])
         engine.deliver(self, one_slot, one_time, -1, engine.note(f"fragmented for mtu {mtu} of {dev}"))
         for frag in frags:
@@ -725,45 +725,9 @@ class Netns(Device):
             return
         quoted = frame[int(h.l3_off[0]):int(h.l3_off[0]) + int(h.ip_len[0])]
         quoted = quoted[: ICMP_QUOTE_LIMIT - 28]
-        packet = _icmp_error_packet(self.source_for(self.routes[r]), dst, icmp_type, code, quoted, mtu)
+        packet = craft.icmp_error(self.source_for(self.routes[r]), dst, icmp_type, code, quoted, mtu)
         what = icmp.name(icmp_type, code) + (f" (mtu {mtu})" if mtu else "")
         self.send_ip(engine, packet, time, note=f"ICMP {what} to {ipv4.ntoa(dst)}")
-
-
-def _quoted_socket(frame: bytes, inner: int) -> tuple[int, int]:
-    """(protocol, local port or echo id) of the packet an ICMP error quotes."""
-    proto = frame[inner + 9]
-    l4 = inner + (frame[inner] & 0x0F) * 4
-    if proto in (ipv4.PROTO_TCP, ipv4.PROTO_UDP) and len(frame) >= l4 + 2:
-        return proto, int.from_bytes(frame[l4:l4 + 2], "big")
-    if proto == ipv4.PROTO_ICMP and len(frame) >= l4 + 6:
-        return proto, int.from_bytes(frame[l4 + 4:l4 + 6], "big")
-    return proto, -1
-
-
-def _reassembled(q) -> bytes | None:
-    """The whole datagram (header with offset and MF cleared, new length and
-    checksum) once every byte from 0 to the last fragment's end is in."""
-    if q["total"] is None or q["header"] is None:
-        return None
-    data, at = bytearray(), 0
-    for off in sorted(q["pieces"]):
-        piece = q["pieces"][off]
-        if off > at:
-            return None  # a hole
-        data += piece[at - off:]
-        at = max(at, off + len(piece))
-    if at < q["total"]:
-        return None
-    header = bytearray(q["header"])
-    header[2:4] = (len(header) + len(data)).to_bytes(2, "big")
-    header[6:8] = (int.from_bytes(header[6:8], "big") & 0x4000).to_bytes(2, "big")  # keep DF only
-    header[10:12] = b"\0\0"
-    total = sum(int.from_bytes(header[i:i + 2], "big") for i in range(0, len(header), 2))
-    total = (total & 0xFFFF) + (total >> 16)
-    total = (total & 0xFFFF) + (total >> 16)
-    header[10:12] = (~total & 0xFFFF).to_bytes(2, "big")
-    return bytes(header) + bytes(data)
 
 
 def _flow_hashes(engine, slots, h) -> np.ndarray:
@@ -784,58 +748,3 @@ def _flow_hashes(engine, slots, h) -> np.ndarray:
 def _take(h: parse.Headers, index) -> parse.Headers:
     """The rows `index` of every column."""
     return parse.Headers(*(col[index] for col in h))
-
-
-# -- crafting slow-path packets with Scapy (imported here: the data plane needs it anyway) --
-def _scapy():
-    from scapy.layers import inet, l2
-
-    return inet, l2
-
-
-def _scapy_arp(op, hwsrc, psrc, hwdst, pdst, eth_dst) -> bytes:
-    _, l2 = _scapy()
-    return bytes(l2.Ether(dst=ethernet.mac_to_str(eth_dst), src=ethernet.mac_to_str(hwsrc))
-                 / l2.ARP(op=op, hwsrc=ethernet.mac_to_str(hwsrc), psrc=ipv4.ntoa(psrc),
-                          hwdst=ethernet.mac_to_str(hwdst), pdst=ipv4.ntoa(pdst)))
-
-
-def _echo_reply(request: bytes) -> bytes:
-    """icmp_echo: same id, sequence and data, addresses swapped, TTL 64."""
-    inet, _ = _scapy()
-    req = inet.IP(request)
-    ip_len = req.len
-    req = inet.IP(request[:ip_len])
-    icmp = req[inet.ICMP]
-    return bytes(inet.IP(src=req.dst, dst=req.src, ttl=ipv4.DEFAULT_TTL, id=0)
-                 / inet.ICMP(type=0, code=0, id=icmp.id, seq=icmp.seq) / bytes(icmp.payload))
-
-
-def _tcp_reset(segment: bytes) -> bytes:
-    """tcp_v4_send_reset for a segment to a closed port (RFC 793: ack the SYN)."""
-    inet, _ = _scapy()
-    ip = inet.IP(segment)
-    tcp = ip[inet.TCP]
-    seg_len = len(bytes(tcp.payload)) + (1 if tcp.flags.S else 0) + (1 if tcp.flags.F else 0)
-    if tcp.flags.A:
-        rst = inet.TCP(sport=tcp.dport, dport=tcp.sport, seq=tcp.ack, flags="R", window=0)
-    else:
-        rst = inet.TCP(sport=tcp.dport, dport=tcp.sport, seq=0, ack=(tcp.seq + seg_len) & 0xFFFFFFFF,
-                       flags="RA", window=0)
-    return bytes(inet.IP(src=ip.dst, dst=ip.src, ttl=ipv4.DEFAULT_TTL, id=0, flags="DF") / rst)
-
-
-def _icmp_error_packet(src, dst, icmp_type, code, quoted: bytes, mtu: int) -> bytes:
-    inet, _ = _scapy()
-    icmp = inet.ICMP(type=icmp_type, code=code, nexthopmtu=mtu) if icmp_type == 3 and code == 4 \
-        else inet.ICMP(type=icmp_type, code=code)
-    # ICMP errors go out with TOS 0xc0 (internetwork control), as icmp_send sets
-    return bytes(inet.IP(src=ipv4.ntoa(src), dst=ipv4.ntoa(dst), ttl=ipv4.DEFAULT_TTL, tos=0xC0)
-                 / icmp / quoted)
-
-
-def _fragment(packet: bytes, mtu: int) -> list[bytes]:
-    inet, _ = _scapy()
-    ip = inet.IP(packet)
-    size = (mtu - ip.ihl * 4) // 8 * 8
-    return [bytes(f) for f in inet.fragment(ip, fragsize=size)]

@@ -18,3 +18,14 @@ NAMES = {
 
 def name(icmp_type: int, code: int) -> str:
     return NAMES.get((icmp_type, code), f"ICMP type {icmp_type} code {code}")
+
+
+def quoted_endpoint(frame: bytes, inner: int) -> tuple[int, int]:
+    """(protocol, local port or echo id) of the packet an ICMP error quotes."""
+    proto = frame[inner + 9]
+    l4 = inner + (frame[inner] & 0x0F) * 4
+    if proto in (6, 17) and len(frame) >= l4 + 2:
+        return proto, int.from_bytes(frame[l4:l4 + 2], "big")
+    if proto == 1 and len(frame) >= l4 + 6:
+        return proto, int.from_bytes(frame[l4 + 4:l4 + 6], "big")
+    return proto, -1

@@ -40,3 +40,30 @@ def parse_cidr(text: str, strict: bool = True) -> tuple[int, int]:
 
 def mask(plen: int) -> int:
     return (0xFFFF_FFFF << (32 - plen)) & 0xFFFF_FFFF if plen else 0
+
+
+def reassemble(q) -> bytes | None:
+    """The whole datagram from a fragment queue {"pieces": {offset: data},
+    "total": length once the last fragment is in, "header": the first
+    fragment's header}: the header with offset and MF cleared, new length and
+    checksum, once every byte from 0 to the end is in; None before that."""
+    if q["total"] is None or q["header"] is None:
+        return None
+    data, at = bytearray(), 0
+    for off in sorted(q["pieces"]):
+        piece = q["pieces"][off]
+        if off > at:
+            return None  # a hole
+        data += piece[at - off:]
+        at = max(at, off + len(piece))
+    if at < q["total"]:
+        return None
+    header = bytearray(q["header"])
+    header[2:4] = (len(header) + len(data)).to_bytes(2, "big")
+    header[6:8] = (int.from_bytes(header[6:8], "big") & 0x4000).to_bytes(2, "big")  # keep DF only
+    header[10:12] = b"\0\0"
+    total = sum(int.from_bytes(header[i:i + 2], "big") for i in range(0, len(header), 2))
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    header[10:12] = (~total & 0xFFFF).to_bytes(2, "big")
+    return bytes(header) + bytes(data)
