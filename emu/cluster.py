@@ -24,6 +24,7 @@ from emu.dataplane.engine import Engine
 from emu.dataplane.loadbalancer import LoadBalancer
 from emu.dataplane.netns import Netns
 from emu.hosts.coredns import CoreDNS, zone_from_state
+from emu.hosts.dns_tcp import CoreDnsTcp
 from emu.model.manifests import Model
 
 COREDNS_LABEL = ("k8s-app", "kube-dns")
@@ -45,6 +46,7 @@ class Cluster:
         for name, node in self.fabric.nodes.items():
             Proxier(self.proxies[name]).attach(node.ns)
         self.dns_servers: dict[tuple[str, str], CoreDNS] = {}
+        self.dns_tcp_servers: dict[tuple[str, str], CoreDnsTcp] = {}
         self._serve_dns()
         self.external = self._external_host()
         self.load_balancer = self._load_balancer()
@@ -60,6 +62,9 @@ class Cluster:
                 server = self.dns_servers.get(pod_key)
                 if server is None:
                     self.dns_servers[pod_key] = CoreDNS(zone).serve(self.fabric.pods[pod_key])
+                    # DNS over TCP on port 53 too, reading the same (UDP server's) zone
+                    self.dns_tcp_servers[pod_key] = CoreDnsTcp(self.dns_servers[pod_key]).serve(
+                        self.fabric.pods[pod_key])
                 else:
                     server.zone = zone
 

@@ -3,8 +3,8 @@ control plane builds (emu.control.dns), as the kubernetes plugin does.
 
 Names outside the cluster zones would go to `forward . /etc/resolv.conf`;
 the emulated cluster has no upstream resolver, so those get SERVFAIL, which
-is what CoreDNS answers when its upstreams cannot be reached. (TCP on port
-53 comes with the TCP socket layer.)
+is what CoreDNS answers when its upstreams cannot be reached. DNS over TCP
+is emu.hosts.dns_tcp, serving the same zone.
 """
 from __future__ import annotations
 
