@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.tshark import fields, problems
+from tests.tshark import fields, one_interface, problems
 from tests.util import ROOT
 
 
@@ -17,11 +17,16 @@ def test_demo_writes_a_clean_capture(tmp_path):
     out = tmp_path / "demo.pcapng"
     r = _emu("demo", "-o", str(out), "--pcap-dir", str(tmp_path / "pcaps"))
     assert r.returncode == 0, r.stderr
-    assert "reply" in r.stdout and "exceeded" in r.stdout and "net unreachable" in r.stdout
+    # curl through the Service (DNS, kube-proxy, VXLAN), a Service without endpoints, a ping
+    assert r.stdout.count("200 OK") == 4 and "refused" in r.stdout and "reply" in r.stdout
+    assert "KUBE-SEP-" in r.stdout and "VXLAN encap" in r.stdout
     assert problems(out) == []
     names = {row[0] for row in fields(out, "frame.interface_name")}
-    assert {"pod-a/eth0", "node-1/flannel.1", "underlay/port-node-1", "pod-b/eth0"} <= names
+    assert {"client/eth0", "node-1/flannel.1", "underlay/port-node-1", "node-2/cni0"} <= names
     assert len(list((tmp_path / "pcaps").glob("*.pcap"))) == len(names)
+    client = one_interface(out, "client/eth0", tmp_path / "client.pcapng")
+    http = fields(client, "http.response.code", display_filter="http.response")
+    assert [r[0] for r in http] == ["200"] * 4
 
 
 def test_demo_is_deterministic(tmp_path):

@@ -19,7 +19,7 @@ from emu.model import load
 from tests.tshark import fields, problems
 from tests.util import ROOT
 
-MANIFESTS = str(ROOT / "tests" / "data" / "http" / "app.yaml")
+MANIFESTS = str(ROOT / "examples" / "quickstart" / "manifests.yaml")
 MS = 1_000_000
 S = 1_000_000_000
 CURL_GET = b"GET / HTTP/1.1\r\nHost: web\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n"

@@ -34,6 +34,14 @@ def fields(path, *names: str, display_filter: str | None = None) -> list[list[st
     return [line.split("\t") for line in tshark(*args).splitlines()]
 
 
+def one_interface(path, name: str, out) -> str:
+    """The frames of one interface in a file of their own (`out`): what
+    tcpdump on that interface would have captured, for Wireshark's
+    per-conversation analysis and reassembly (HTTP over TCP, DNS over TCP)."""
+    tshark("-r", str(path), "-Y", f'frame.interface_name == "{name}"', "-w", str(out))
+    return str(out)
+
+
 def _parallel(commands: list[list[str]]) -> list[str]:
     """Run tshark commands two at a time (the machine has two cores); their outputs."""
     outs = []

@@ -121,10 +121,9 @@ class Nat:
             if new >= 0:
                 engine.pool.ct[slot] = new
                 if source:
-                    text = f"SNAT {_ep(orig.src, orig.sport)} -> {_ep(reply[1], reply[3])}"
-                else:
-                    text = f"DNAT {_ep(orig.dst, orig.dport)} -> {_ep(reply[0], reply[2])}"
-                self.annotate(engine, slot, text)
+                    self.annotate(engine, slot, f"SNAT {_ep(orig.src, orig.sport)} -> {_ep(reply[1], reply[3])}")
+                elif int(engine.pool.pkt_id[slot]) not in self.netns.annotations:  # the rule has not said it
+                    self.annotate(engine, slot, f"DNAT {_ep(orig.dst, orig.dport)} -> {_ep(reply[0], reply[2])}")
                 return new
         return -1
 
