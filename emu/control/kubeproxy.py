@@ -429,19 +429,6 @@ class KubeProxy:
         return Decision(DNAT, (ep.ip, ep.port), masq, tuple(path), explain, sp.name)
 
     # -- data-plane adapter --------------------------------------------------
-    def dnat_rule(self, hook: str = "PREROUTING", now=lambda: 0):
-        """A `dnat(netns, tuple)` callable for emu.dataplane.nat.Nat. The
-        masquerade bit is exposed through `last` (the data plane sets the
-        packet mark from `decision.mark`)."""
-        def dnat(netns, t):
-            d = self.decide(t.src, t.proto, t.dst, t.dport, now_ns=now(), hook=hook, src_port=t.sport)
-            dnat.last = d
-            if d.action == DNAT:
-                return (int(ipaddress.IPv4Address(d.backend[0])), d.backend[1])
-            return None
-        dnat.last = None
-        return dnat
-
     # -- iptables-save -------------------------------------------------------
     def iptables_save(self, style: str = "save") -> str:
         """The node's filter and nat tables.

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from emu.control.kubeproxy import DNAT, MASQ_MARK, KubeProxy
+from emu.control.kubeproxy import DNAT, DROP, MASQ_MARK, REJECT, KubeProxy
 from emu.dataplane.conntrack import NEW
 from emu.dataplane.nat import Nat
 from emu.wire import ipv4
@@ -59,10 +59,10 @@ class Proxier:
                 self._pending[key] = (ipv4.aton(d.backend[0]), d.backend[1])
                 pool.mark[slot] |= d.mark
                 self.nat.annotate(engine, slot, d.explain)
-            elif d.action == "REJECT":
+            elif d.action == REJECT:
                 netns.reject(engine, slot, int(times[k]))
                 verdict[k] = Drop.SERVICE_NO_ENDPOINTS
-            elif d.action == "DROP":
+            elif d.action == DROP:
                 verdict[k] = Drop.SERVICE_NO_LOCAL
             elif d.masquerade:
                 pool.mark[slot] |= d.mark

@@ -68,6 +68,7 @@ import h11
 
 from emu.errors import EmuError
 from emu.hosts.tcp import Tcp
+from emu.hosts.outcome import Outcome
 
 NS_PER_SEC = 1_000_000_000
 USER_AGENT = "curl/8.5.0"
@@ -268,7 +269,7 @@ class _ServerConn:
 
 # ------------------------------------------------------------------ client
 @dataclass
-class CurlResult:
+class CurlResult(Outcome):
     """What `curl -w` and the response tell; filled in as the engine runs."""
     url: str
     method: str
@@ -289,14 +290,6 @@ class CurlResult:
     first_byte_ns: int | None = None
     finished_ns: int | None = None
     connection: object | None = None     # the TCP connection (emu.hosts.tcp.Connection)
-
-    @property
-    def done(self) -> bool:
-        return self.finished_ns is not None
-
-    @property
-    def ok(self) -> bool:
-        return self.done and self.error is None
 
     @property
     def text(self) -> str:

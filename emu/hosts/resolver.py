@@ -49,6 +49,7 @@ from typing import Callable
 
 from emu.errors import EmuError
 from emu.wire import ipv4
+from emu.hosts.outcome import Outcome
 
 DNS_PORT = 53
 EPHEMERAL_PORTS = (32768, 60999)   # net.ipv4.ip_local_port_range
@@ -182,7 +183,7 @@ class Query:
 
 
 @dataclass
-class Resolution:
+class Resolution(Outcome):
     """The outcome of one getaddrinfo call."""
 
     name: str
@@ -192,14 +193,6 @@ class Resolution:
     error: str | None = None   # NXDOMAIN | NODATA | SERVFAIL | timeout | refused | NO_RECOVERY
     queries: list[Query] = field(default_factory=list)
     finished_ns: int | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.finished_ns is not None
-
-    @property
-    def ok(self) -> bool:
-        return self.done and self.error is None
 
     @property
     def elapsed_ns(self) -> int | None:
