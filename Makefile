@@ -24,12 +24,15 @@ tshark:
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tshark >/dev/null; }
 
+EXAMPLES := quickstart nodeport headless-dns no-endpoints mtu failover
+
 demo: setup
 	mkdir -p $(OUT)
-	$(VENV)/bin/emu demo -o $(OUT)/demo.pcapng
+	$(VENV)/bin/emu run examples/quickstart/scenario.yaml -o $(OUT)/quickstart.pcapng
 
 pcaps: setup  # regenerate the golden captures (tests compare them byte for byte)
-	$(VENV)/bin/emu demo -o pcaps/demo.pcapng > /dev/null
+	rm -f pcaps/*.pcapng
+	for x in $(EXAMPLES); do $(VENV)/bin/emu run examples/$$x/scenario.yaml -o pcaps/$$x.pcapng > /dev/null || exit 1; done
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -14,6 +14,8 @@ Existing connections keep their conntrack entries (and so their backends).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from emu.control import cluster as controllers
 from emu.control import flannel
 from emu.control.ipam import UNDERLAY
@@ -23,22 +25,44 @@ from emu.control.state import ClusterState
 from emu.dataplane.engine import Engine
 from emu.dataplane.loadbalancer import LoadBalancer
 from emu.dataplane.netns import Netns
+from emu.hosts import apps
 from emu.hosts.coredns import CoreDNS, zone_from_state
 from emu.hosts.dns_tcp import CoreDnsTcp
+from emu.errors import EmuError
 from emu.model.manifests import Model
 
 COREDNS_LABEL = ("k8s-app", "kube-dns")
 EXTERNAL_IP = "192.168.0.200"  # the external host on the underlay
 
 
+@dataclass(frozen=True)
+class AppOverride:
+    """Extra HTTP answers (path -> emu.hosts.http.Response or bytes/str) on
+    `port` of the pods in `namespace` whose labels match `selector`."""
+    selector: dict
+    port: int
+    responses: dict
+    namespace: str = "default"
+
+
 class Cluster:
-    def __init__(self, model: Model, seed: int = 1, capture: bool = True):
+    """`apps`: start what each pod's containers serve (emu.hosts.apps), with
+    these overrides when it is a list; False leaves pods silent (tests that
+    start their own servers)."""
+
+    def __init__(self, model: Model, seed: int = 1, capture: bool = True,
+                 apps: bool | list[AppOverride] = False):
         self.model = model
         self.seed = seed
+        self.app_overrides = list(apps) if isinstance(apps, (list, tuple)) else []
+        self.apps_on = bool(apps) or apps == []
+        self.apps: dict[tuple[str, str], list] = {}
         self.state: ClusterState = controllers.build(model, seed)
         self.engine = Engine(seed=seed)
-        self.fabric = flannel.build(self.state, self.engine, underlay_plen=UNDERLAY.prefixlen)
         settings = self.state.settings
+        self._wired = {k: p.ip for k, p in self.state.pods.items()}  # the IP each pod was wired with
+        self.fabric = flannel.build(self.state, self.engine, underlay_plen=UNDERLAY.prefixlen,
+                                    underlay_mtu=settings.underlay_mtu, pod_mtu=settings.mtu)
         self.proxies = {
             name: KubeProxy(self.state, name, mode=settings.kube_proxy_mode,
                             scheduler=settings.ipvs_scheduler, seed=seed)
@@ -51,8 +75,26 @@ class Cluster:
         self.external = self._external_host()
         self.load_balancer = self._load_balancer()
         self._program_load_balancer()
+        self._start_apps()
         if capture:
             self.engine.capture(default_taps(self.engine))
+
+    def _start_apps(self) -> None:
+        if not self.apps_on:
+            return
+        for key, netns in self.fabric.pods.items():
+            info = self.state.pods[key]
+            if key in self.apps or key in self.dns_servers or info.host_network:
+                continue
+            extra = {}
+            for o in self.app_overrides:
+                if o.namespace == key[0] and all(info.labels.get(k) == v for k, v in o.selector.items()):
+                    extra.setdefault(o.port, {}).update(o.responses)
+            self.apps[key] = apps.start(netns, key[1], self._containers(key), extra)
+
+    def _containers(self, key):
+        """The containers of a pod, from its manifest or its workload's template."""
+        return controllers.controllers(self.state).spec[key].containers
 
     def _serve_dns(self) -> None:
         zone = zone_from_state(self.state, serial=1 + self.engine.now // 1_000_000_000)
@@ -116,30 +158,59 @@ class Cluster:
         controllers.apply(self.state, more)
         self.sync()
 
-    def fail_node(self, name: str) -> None:
+    def fail_node(self, name: str, not_ready_after_ns: int = 0) -> None:
         """The node goes down: its link to the underlay is cut (its pods stop
-        answering) and the controllers mark it NotReady."""
-        eth0 = self.fabric.nodes[name].ns.iface("eth0").port
-        self.engine.set_link_up(eth0, False)
-        controllers.fail_node(self.state, name)
-        self.sync()
+        answering) now; the node lifecycle controller marks it NotReady (its
+        pods' endpoints not ready) once `not_ready_after_ns` has passed
+        without a heartbeat (node-monitor-grace-period, 40 s by default in
+        kube-controller-manager; 0 = at once)."""
+        if name not in self.fabric.nodes:
+            raise EmuError(f"no node named {name!r} (nodes: {', '.join(self.fabric.nodes)})")
+        self._cut(self.fabric.nodes[name].ns.iface("eth0").port)
+
+        def not_ready(engine=None):
+            controllers.fail_node(self.state, name)
+            self.sync()
+
+        if not_ready_after_ns:
+            self.engine.at(self.engine.now + int(not_ready_after_ns), not_ready)
+        else:
+            not_ready()
+
+    def _cut(self, port) -> None:
+        """Both ends of a link go down: a deleted veth takes its bridge port
+        with it, a dead NIC drops the switch port's carrier (neither is
+        flooded to any more)."""
+        self.engine.set_link_up(port, False)
+        if port.peer >= 0:
+            self.engine.set_link_up(self.engine.ports[port.peer], False)
 
     def sync(self) -> None:
         """After a change through the controllers: wire new pods and unplug
         deleted ones (the kubelet and CNI plugin), update every node's
         kube-proxy rules and the DNS zone. Conntrack entries stay."""
+        # a pod re-created under the same name (a StatefulSet's) is a new sandbox: new veth, new IP
+        gone = [k for k, ns in self.fabric.pods.items()
+                if k not in self.state.pods or (ns.kind == "netns" and self._wired.get(k) != self.state.pods[k].ip)]
+        for key in gone:
+            pod = self.fabric.pods.pop(key)
+            self.apps.pop(key, None)
+            if pod.kind == "netns" and not any(pod is n.ns for n in self.fabric.nodes.values()):
+                self._cut(pod.iface("eth0").port)  # CNI DEL: the veth pair is gone
         for key, p in self.state.pods.items():
             if key not in self.fabric.pods and p.ip and p.node and not p.host_network:
-                self.fabric.pods[key] = flannel.add_pod(
-                    self.engine, self.fabric.nodes[p.node], flannel.pod_device_name(p.namespace, p.name), p.ip)
-        for key in [k for k in self.fabric.pods if k not in self.state.pods]:
-            pod = self.fabric.pods.pop(key)
-            if pod.kind == "netns" and not any(pod is n.ns for n in self.fabric.nodes.values()):
-                self.engine.set_link_up(pod.iface("eth0").port, False)  # CNI DEL: the veth is gone
+                name = flannel.pod_device_name(p.namespace, p.name)
+                taken = {d.name for d in self.engine.devices}
+                n = 2
+                while name in taken:   # a re-created pod's sandbox: `db-1~2` in captures
+                    name, n = f"{flannel.pod_device_name(p.namespace, p.name)}~{n}", n + 1
+                self.fabric.pods[key] = flannel.add_pod(self.engine, self.fabric.nodes[p.node], name, p.ip)
+                self._wired[key] = p.ip
         for proxy in self.proxies.values():
             proxy.update(self.state)
         self._serve_dns()
         self._program_load_balancer()
+        self._start_apps()
 
 
 def default_taps(engine: Engine):

@@ -79,6 +79,6 @@ def _cli_modules(*args: str) -> tuple[str, list[str]]:
 
 def test_help_and_version_compile_nothing():
     text, mods = _cli_modules("--help")
-    assert "demo" in text and mods == []
+    assert "run" in text and "inspect" in text and mods == []
     text, mods = _cli_modules("--version")
     assert text.strip().startswith("emu ") and mods == []

@@ -9,7 +9,7 @@ from emu.cluster import Cluster
 from emu.errors import EmuError
 from emu.hosts.resolver import ResolvConf, Resolver
 from emu.model import load
-from tests.tshark import fields, problems
+from tests.tshark import fields, one_interface, problems
 from tests.util import ROOT
 
 MANIFESTS = str(ROOT / "examples" / "cluster" / "app.yaml")
@@ -183,3 +183,98 @@ def test_capture_shows_glibc_order_on_the_pod_and_answers_from_the_service(tmp_p
     hit = [a for a in answers if a[2] == "web.default.svc.cluster.local" and a[3] == "1"]
     assert hit and all(a[4] == "0" and a[5] == web_vip for a in hit)
     assert [a[4] for a in answers if a[2] == "example.com"] == ["2"] * 4
+
+
+# ---------------------------------------------------------------- TC: the TCP fallback
+BIG = 40   # ready pods behind a headless Service: 40 A records do not fit in 512 bytes
+
+
+def _big_headless_cluster(pods=BIG):
+    text = f"""
+apiVersion: emu.dev/v1alpha1
+kind: ClusterSettings
+nodes: 2
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: big}}
+spec:
+  replicas: {pods}
+  selector: {{matchLabels: {{app: big}}}}
+  template:
+    metadata: {{labels: {{app: big}}}}
+    spec:
+      containers: [{{name: c, image: agnhost, ports: [{{name: http, containerPort: 8080}}]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: big}}
+spec:
+  clusterIP: None
+  selector: {{app: big}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  nodeName: node-1
+  containers: [{{name: c, image: busybox}}]
+"""
+    c = Cluster(load(["-"], stdin=text), seed=1)
+    return c, Resolver.for_pod(c, "default", "client")
+
+
+def test_truncated_answer_is_asked_again_over_tcp_and_used_whole(tmp_path):
+    c, r = _big_headless_cluster()
+    pod_ips = sorted(p.ip for k, p in c.state.pods.items() if k[1].startswith("big-"))
+    assert len(pod_ips) == BIG
+    res = _resolve(c, r, "big")
+    assert res.ok and sorted(res.addresses) == pod_ips              # every address, from the TCP answer
+    name = "big.default.svc.cluster.local"
+    assert res.sequence() == _pairs([name, name])                   # the same two queries, UDP then TCP
+    udp_a, udp_aaaa, tcp_a, tcp_aaaa = res.queries
+    assert [q.protocol for q in res.queries] == ["udp", "udp", "tcp", "tcp"]
+    # the A answer came truncated: glibc closed the UDP socket at once (the AAAA
+    # answer found no socket) and sent both queries, same ids, to the same server
+    assert udp_a.tc and udp_a.rcode == "NOERROR" and 0 < len(udp_a.answers) < BIG
+    assert udp_aaaa.rcode is None
+    assert (tcp_a.id, tcp_aaaa.id) == (udp_a.id, udp_aaaa.id)
+    assert tcp_a.server == tcp_aaaa.server == "10.96.0.10" and tcp_a.sport == tcp_aaaa.sport
+    assert tcp_a.sent_ns == udp_a.answered_ns and tcp_a.attempt == 1
+    assert (tcp_a.rcode, tcp_a.tc, sorted(tcp_a.answers)) == ("NOERROR", False, pod_ips)
+    assert (tcp_aaaa.rcode, tcp_aaaa.answers) == ("NOERROR", [])
+    assert res.elapsed_ns < 10_000_000
+    path = tmp_path / "tc.pcapng"
+    c.engine.taps.write_pcapng(path, c.engine)
+    on_pod = 'frame.interface_name == "client/eth0"'
+    udp = fields(path, "dns.id", "dns.flags.truncated", "dns.count.answers",
+                 display_filter=on_pod + " && udp.port == 53 && dns.flags.response == 1")
+    assert udp[0] == [f"0x{udp_a.id:04x}", "1", str(len(udp_a.answers))]
+    # the TCP exchange as tcpdump on the pod saw it: handshake, both queries in
+    # one segment, the answers, then the resolver's FIN first
+    segs = fields(path, "ip.src", "ip.dst", "tcp.srcport", "tcp.dstport", "tcp.flags.str", "tcp.len",
+                  display_filter=on_pod + " && tcp.port == 53")
+    me = c.state.pods[("default", "client")].ip
+    assert [s[4].replace("·", "") for s in segs[:3]] == ["S", "AS", "A"]
+    assert segs[0][:4] == [me, "10.96.0.10", str(tcp_a.sport), "53"]
+    query_len = 12 + len(name) + 2 + 4          # header, the name's labels, type and class
+    assert segs[3][0] == me and int(segs[3][5]) == 2 * (2 + query_len)
+    assert segs[3][4].replace("·", "") == "AP"
+    fins = [s for s in segs if "F" in s[4]]
+    assert len(fins) == 2 and fins[0][0] == me                     # the resolver closes first
+    one = one_interface(path, "client/eth0", tmp_path / "client-eth0.pcapng")
+    answers = fields(one, "dns.id", "dns.qry.type", "dns.count.answers",
+                     display_filter="tcp.port == 53 && dns.flags.response == 1")
+    assert sorted(answers) == sorted([[f"0x{tcp_a.id:04x}", "1", str(BIG)], [f"0x{tcp_aaaa.id:04x}", "28", "0"]])
+    assert problems(one) == []
+
+
+def test_answers_that_fit_never_touch_tcp(tmp_path):
+    c, r = _client()
+    results = [_resolve(c, r, n) for n in ("web", "example.com", "nothing.default.svc.cluster.local.")]
+    assert all(q.protocol == "udp" and not q.tc for res in results for q in res.queries)
+    assert results[0].ok and [res.error for res in results[1:]] == ["SERVFAIL", "NXDOMAIN"]
+    path = tmp_path / "udp-only.pcapng"
+    c.engine.taps.write_pcapng(path, c.engine)
+    assert fields(path, "frame.number", display_filter="tcp.port == 53") == []

@@ -125,11 +125,13 @@ class Fabric:
     pods: dict[tuple[str, str], Netns]
 
 
-def build(state, engine: Engine, underlay_plen: int = 16, underlay_mtu: int = 1500) -> Fabric:
+def build(state, engine: Engine, underlay_plen: int = 16, underlay_mtu: int = 1500,
+          pod_mtu: int | None = None) -> Fabric:
     """Wire a ClusterState: every node, every pod with an IP (hostNetwork pods
-    live in their node's namespace and get no devices)."""
+    live in their node's namespace and get no devices). `pod_mtu` is the CNI
+    config's "mtu" (None: what flanneld computes, underlay MTU - 50)."""
     switch = add_underlay(engine)
-    nodes = {n.name: add_node(engine, switch, n.name, n.ip, n.pod_cidr, underlay_plen, underlay_mtu)
+    nodes = {n.name: add_node(engine, switch, n.name, n.ip, n.pod_cidr, underlay_plen, underlay_mtu, pod_mtu)
              for n in state.nodes.values()}
     connect_overlay(list(nodes.values()))
     pods = {}

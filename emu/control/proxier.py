@@ -22,6 +22,7 @@ from emu.dataplane.conntrack import NEW
 from emu.dataplane.nat import Nat
 from emu.wire import ipv4
 from kernels import parse
+from kernels.conntrack import IPS_DST_NAT
 from kernels.drop import Drop
 
 class Proxier:
@@ -51,12 +52,20 @@ class Proxier:
             proto = int(h.ip_proto[k])
             if proto not in (6, 17, 132):
                 continue
+            key = (int(h.ip_src[k]), int(h.ip_dst[k]), int(h.sport[k]), int(h.dport[k]), proto)
+            # the nat table sees only a connection's first packet (nf_nat_inet_fn: once the
+            # binding is made, later packets follow it): a second NEW packet of the flow in
+            # the same batch, or one after the binding (a retransmitted SYN), is not decided again
+            if key in self._pending:
+                self.nat.annotate(engine, slot, self._pending[key][2])
+                continue
+            if int(netns.conntrack.table.conns[int(pool.ct[slot])]["status"]) & IPS_DST_NAT:
+                continue
             d = self.kube_proxy.decide(ipv4.ntoa(int(h.ip_src[k])), proto, ipv4.ntoa(int(h.ip_dst[k])),
                                        int(h.dport[k]), now_ns=int(times[k]), hook=hook,
                                        src_port=int(h.sport[k]))
             if d.action == DNAT:
-                key = (int(h.ip_src[k]), int(h.ip_dst[k]), int(h.sport[k]), int(h.dport[k]), proto)
-                self._pending[key] = (ipv4.aton(d.backend[0]), d.backend[1])
+                self._pending[key] = (ipv4.aton(d.backend[0]), d.backend[1], d.explain)
                 pool.mark[slot] |= d.mark
                 self.nat.annotate(engine, slot, d.explain)
             elif d.action == REJECT:
@@ -69,7 +78,8 @@ class Proxier:
         return verdict
 
     def _dnat(self, netns, t):
-        return self._pending.pop((t.src, t.dst, t.sport, t.dport, t.proto), None)
+        target = self._pending.pop((t.src, t.dst, t.sport, t.dport, t.proto), None)
+        return None if target is None else target[:2]
 
     @staticmethod
     def _masquerade(netns, t, out_ifindex, mark):

@@ -111,6 +111,7 @@ class Netns(Device):
         # what hooks said about a packet (e.g. kube-proxy's DNAT), by packet id,
         # added to the notes of its capture records here
         self.annotations: dict[int, str] = {}
+        self.held_annotations: dict[int, str] = {}   # of packets waiting for ARP
 
     # -- configuration (what `ip` commands would do) ----------------------------------
     def add_interface(self, name: str, mac: int, mtu: int = 1500) -> Interface:
@@ -612,6 +613,10 @@ class Netns(Device):
             engine.drop(self, np.array([old], np.int32), Drop.NEIGH_QUEUE_FULL,
                         np.array([time], np.int64), iface.port.id)
         entry.queue.append((slot, r, forwarded, first_note))
+        # what NAT said of it belongs to the hop it leaves by, once ARP answers
+        said = self.annotations.pop(int(engine.pool.pkt_id[slot]), None)
+        if said:
+            self.held_annotations[int(engine.pool.pkt_id[slot])] = said
         engine.held(np.array([slot], np.int32), np.array([time], np.int64), iface.port.id,
                     engine.note(f"held: waiting for ARP {ipv4.ntoa(nexthop)} on {iface.name}"))
 
@@ -628,7 +633,8 @@ class Netns(Device):
             ctinfo = int(pool.ctinfo[slot])
             note = engine.note(self._with_ct(first_note, ctinfo)) if first_note \
                 else self._route_note(engine, r, forwarded, ctinfo)
-            said = self.annotations.pop(int(pool.pkt_id[slot]), None)
+            pid = int(pool.pkt_id[slot])
+            said = self.annotations.pop(pid, None) or self.held_annotations.pop(pid, None)
             if said:
                 note = engine.note(f"{engine.notes[note]}; {said}")
             one_slot, one_time = np.array([slot], np.int32), np.array([time], np.int64)

@@ -34,9 +34,25 @@ What is reproduced, and where it comes from (glibc resolv/, 2.26 and later):
   socket without IP_RECVERR (Linux __udp4_lib_err and icmp_err_convert):
   port/protocol unreachable and the administrative codes, not net or host
   unreachable, nor time exceeded; those end in a timeout.
+- TCP fallback (send_dg's `anhp->tc` branch, then send_vc): an answer with
+  TC=1 that passed the checks above (not SERVFAIL/NOTIMP/REFUSED, not a
+  referral) sets v_circuit; the UDP socket is closed at once (a second UDP
+  answer still on its way meets a closed port), and the same queries, with
+  the same ids, go to the same server over a new TCP connection (an
+  emu.hosts.tcp connection: handshake, both queries in one write with their
+  two-byte length prefixes, the answers, FIN from the resolver, which keeps
+  TIME_WAIT). Answers are matched by id in whatever order they come; over
+  TCP no rcode makes glibc move on, so the answers are used as they are,
+  even without addresses. With v_circuit set there is no further try
+  (`try = statp->retry`): a failed connection (refused, timed out by TCP's
+  own SYN retries: send_vc has no timer of its own) or an EOF before both
+  answers moves to the next nameserver, over TCP too, and after the last
+  res_send fails with that connection's errno. A reset is retried once on
+  the same server (send_vc's `connreset`).
 
-Left out: /etc/hosts and nsswitch (getaddrinfo asks `files` first), TCP
-fallback on TC=1, EDNS0 and `options edns0`/`rotate`/`no-tld-query`, RFC 6724
+Left out: /etc/hosts and nsswitch (getaddrinfo asks `files` first), `options
+use-vc` and `options ignore-tc` (RES_USEVC, RES_IGNTC: TCP fallback is always
+on), EDNS0 and `options edns0`/`rotate`/`no-tld-query`, RFC 6724
 sorting of the addresses, the case where a SERVFAIL and an answer arrive in
 an order that makes glibc keep a different buffer, HOSTALIASES, and the
 musl resolver (Alpine), which sends to all nameservers in parallel.
@@ -172,14 +188,16 @@ class Query:
     qtype: str                 # A | AAAA
     id: int
     server: str
-    sport: int
+    sport: int                 # local port of the UDP socket or the TCP connection
     attempt: int               # 1-based try (options attempts)
     sent_ns: int
-    pkt_id: int
+    pkt_id: int                # of the UDP datagram; -1 over TCP (the query rides in a stream)
     rcode: str | None = None   # of the answer; None if none came
     answers: list[str] = field(default_factory=list)  # A/AAAA addresses in it
     answered_ns: int | None = None
     icmp: str | None = None    # an ICMP error the socket got while waiting for it
+    protocol: str = "udp"      # udp | tcp (the fallback after a truncated answer)
+    tc: bool = False           # the answer had TC set (it was truncated)
 
 
 @dataclass
@@ -437,8 +455,13 @@ class _Step:
             self._send(1)
         engine.at(engine.now + self.seconds * NS_PER_SEC, lambda e: self._timeout(token))
 
-    def _send(self, k: int) -> None:
+    def message(self, k: int) -> bytes:
+        """res_mkquery's message for query k: its id, RD, one question, no EDNS."""
         from scapy.layers.dns import DNS, DNSQR
+
+        return bytes(DNS(id=self.ids[k], rd=1, qd=DNSQR(qname=self.qname, qtype=self.qtypes[k])))
+
+    def _send(self, k: int) -> None:
         from scapy.layers.inet import IP, UDP
 
         ns, engine = self.r.netns, self.r.engine
@@ -449,8 +472,7 @@ class _Step:
         src = ipv4.ntoa(ns.source_for(ns.routes[r]))
         qtype = self.qtypes[k]
         pkt = (IP(src=src, dst=server, ttl=ipv4.DEFAULT_TTL, id=self.ip_id, flags="DF")
-               / UDP(sport=self.port, dport=DNS_PORT)
-               / DNS(id=self.ids[k], rd=1, qd=DNSQR(qname=self.qname, qtype=qtype)))
+               / UDP(sport=self.port, dport=DNS_PORT) / self.message(k))
         self.ip_id = (self.ip_id + 1) & 0xFFFF
         attempt = self.try_index + 1
         note = f"dns query {qtype} {self.shown}" + (f" (attempt {attempt})" if attempt > 1 else "")
@@ -557,6 +579,10 @@ class _Step:
             self._close()
             self._next()
             return
+        if msg.tc:
+            query.tc = True
+            self._use_tcp()
+            return
         self.received[k] = rcode
         if first:
             self.good_first = True
@@ -568,6 +594,12 @@ class _Step:
                 self._close()
                 self._open()
             self._send(1)
+
+    def _use_tcp(self) -> None:
+        """send_dg saw TC: v_circuit = 1, __res_iclose, `goto same_ns` -> send_vc."""
+        self.token += 1   # the UDP wait is over
+        self._close()
+        _VirtualCircuit(self).start()
 
     def _icmp(self, icmp) -> None:
         """A hard ICMP error on the connected socket: poll says POLLERR, send_dg
@@ -598,3 +630,97 @@ class _Step:
         else:
             herrno = "NO_RECOVERY"
         self._end(_StepResult(herrno))
+
+
+# errno of send_vc's failed connect/read, from emu.hosts.tcp's reasons
+_TCP_ERRNO = {"refused": "ECONNREFUSED", "timeout": "ETIMEDOUT", "unreachable": "EHOSTUNREACH",
+              "reset": "ECONNRESET"}
+
+
+class _VirtualCircuit:
+    """send_vc for one step after a truncated UDP answer: every query of the
+    step over one TCP connection to the step's current nameserver."""
+
+    def __init__(self, step: _Step):
+        self.step = step
+        self.connreset = False   # one ECONNRESET is retried on the same server
+        self.finished = False
+        self.client = None
+
+    def start(self) -> None:
+        """send_vc's `same_ns`: connect, write all queries at once (writev), read."""
+        from emu.hosts.dns_tcp import DnsTcpClient
+
+        step = self.step
+        self.sent: list[Query] = []
+        self.received: dict[int, str] = {}
+        client = DnsTcpClient(step.r.netns, step.server, self._answer, on_error=self._failed)
+        eof = client.conn.on_closed
+        client.conn.on_closed = lambda: (eof(), self._eof())
+        self.client = client
+        engine = step.r.engine
+        for k, qtype in enumerate(step.qtypes):
+            query = Query(step.shown, qtype, step.ids[k], step.server, client.conn.lport,
+                          step.try_index + 1, engine.now, -1, protocol="tcp")
+            self.sent.append(query)
+            step.lookup.result.queries.append(query)
+        client.query(*(step.message(k) for k in range(len(step.qtypes))))
+
+    def _answer(self, data: bytes) -> None:
+        from scapy.layers.dns import DNS
+
+        if self.finished:
+            return
+        try:
+            msg = DNS(data)
+        except Exception:
+            return
+        k = next((i for i, q in enumerate(self.sent) if i not in self.received and q.id == msg.id), None)
+        if k is None:
+            return   # "old answer (unexpected)": read the next one
+        query = self.sent[k]
+        query.rcode = RCODES.get(msg.rcode, str(msg.rcode))
+        query.answered_ns = self.step.r.engine.now
+        query.answers = [str(rr.rdata) for rr in (msg.an or []) if rr.type in (1, 28)]
+        query.tc = bool(msg.tc)
+        self.received[k] = query.rcode
+        if len(self.received) == len(self.sent):
+            self.finished = True
+            self._complete()
+
+    def _complete(self) -> None:
+        """Both answers read: no rcode check in send_vc, __res_context_query decides."""
+        step = self.step
+        step.sent, step.received = self.sent, self.received
+        codes = [self.received[i] for i in sorted(self.received)]
+        if all(c in _REJECTED for c in codes):
+            step._end(_StepResult("TRY_AGAIN", servfail=codes[0] == "SERVFAIL"))
+            return
+        step._complete()
+
+    def _failed(self, reason: str) -> None:
+        """connect() or read() failed: *terrno = errno, `return 0` -> next_ns."""
+        if self.finished:
+            return
+        errno = _TCP_ERRNO.get(reason, "EIO")
+        if errno == "ECONNRESET" and not self.connreset:
+            self.connreset = True
+            self.start()
+            return
+        self._next(errno)
+
+    def _eof(self) -> None:
+        """read() returned 0 before every answer was in: next_ns."""
+        if not self.finished:
+            self._next("EPIPE")
+
+    def _next(self, errno: str) -> None:
+        """`goto next_ns` with v_circuit set: the remaining nameservers over TCP,
+        no further try; after the last, res_send fails with terrno."""
+        self.finished = True
+        step = self.step
+        step.ns_index += 1
+        if step.ns_index < len(step.r.conf.nameservers):
+            _VirtualCircuit(step).start()
+            return
+        step._end(_StepResult("TRY_AGAIN", errno=errno))

@@ -96,6 +96,8 @@ class ClusterSettings:
     ipvs_scheduler: str = "rr"  # rr | mh (ipvs mode only)
     node_port_range: tuple[int, int] = (30000, 32767)
     node_cidr_mask_size: int = 24
+    underlay_mtu: int = 1500        # the nodes' NICs (eth0)
+    mtu: int | None = None          # pods' veth/cni0 MTU (the CNI config's "mtu"); None: flannel's underlay - 50
     source: Source = field(default=NO_SOURCE, compare=False)
 
     @property
@@ -165,6 +167,9 @@ class ContainerPort:
 class Container:
     name: str
     ports: tuple[ContainerPort, ...] = ()
+    image: str = ""
+    command: tuple[str, ...] = ()   # the image's entrypoint when empty
+    args: tuple[str, ...] = ()      # emu.hosts.apps reads these to pick what the pod serves
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ NODE_SPEC = {"configSource", "externalID", "podCIDR", "podCIDRs", "providerID", 
              "unschedulable"}
 SETTINGS = {"apiVersion", "kind", "metadata", "nodes", "podCIDR", "serviceCIDR",
             "clusterDomain", "cni", "kubeProxyMode", "ipvsScheduler", "nodePortRange",
-            "nodeCIDRMaskSize"}
+            "nodeCIDRMaskSize", "underlayMTU", "mtu"}
 
 # kind -> (apiVersion it must have, group names under which the kind is "ours")
 KINDS = {
@@ -166,7 +166,8 @@ def _source(doc: RawDoc, ctx: Ctx) -> Source:
 def _container(c: F, port_names: dict[str, str]) -> Container:
     c.map(CONTAINER)
     name = c.get("name").require().str(check=dns_label_problem)
-    c.get("image").require().str()
+    image = c.get("image").require().str()
+    command, args = (tuple(f.str() for f in c.get(k).items()) for k in ("command", "args"))
     ports = []
     for p in c.get("ports").items():
         p.map(CONTAINER_PORT)
@@ -180,7 +181,7 @@ def _container(c: F, port_names: dict[str, str]) -> Container:
         host_port = p.get("hostPort").int(lo=1, hi=65535)
         p.get("hostIP").ipv4()
         ports.append(ContainerPort(cp, _protocol(p.get("protocol")), pname, host_port))
-    return Container(name, tuple(ports))
+    return Container(name, tuple(ports), image, command, args)
 
 
 def pod_spec(spec: F) -> PodSpec:
@@ -557,6 +558,9 @@ def parse_settings(doc: RawDoc, d: F) -> ClusterSettings:
         if not 1 <= lo <= hi <= 65535:
             npr_f.fail(f"{s!r} must be low-high with 1 <= low <= high <= 65535")
         kw["node_port_range"] = (lo, hi)
+    kw["underlay_mtu"] = d.get("underlayMTU").int(1500, lo=576, hi=9216)
+    # the smallest MTU Linux lets an IPv4 interface have is 68; a VXLAN overlay needs room for it
+    kw["mtu"] = d.get("mtu").int(None, lo=68, hi=9216)
     settings = ClusterSettings(**kw)
     mask_f = d.get("nodeCIDRMaskSize")
     mask = mask_f.int(24, lo=1, hi=30)
