@@ -141,6 +141,17 @@ class Cluster:
             for ip in info.load_balancer_ips:
                 self.load_balancer.set_backends(ip, members)
 
+    def outside_name(self, name: str) -> str | None:
+        """What a name means to hosts outside the cluster (their /etc/hosts or
+        public DNS): a node's address, or a LoadBalancer Service's (`web` or
+        `web.namespace`); None for anything else."""
+        node = self.state.nodes.get(name)
+        if node is not None:
+            return node.ip
+        svc, _, ns = name.partition(".")
+        info = self.state.services.get((ns or "default", svc))
+        return info.load_balancer_ips[0] if info is not None and info.load_balancer_ips else None
+
     def pod(self, namespace: str, name: str):
         """The namespace (Netns) of a running pod."""
         return self.fabric.pods[(namespace, name)]

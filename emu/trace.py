@@ -118,10 +118,12 @@ def _resolve(cluster: Cluster, key, host: str) -> str:
         return str(ipaddress.IPv4Address(host))
     except ValueError:
         pass
-    if host in cluster.state.nodes:
-        return cluster.state.nodes[host].ip
+    outside = cluster.outside_name(host)
+    if outside is not None:
+        return outside
     if key is None:
-        raise EmuError(f"--to {host}: the external host has no cluster DNS; give an address or a node name")
+        raise EmuError(f"--to {host}: the external host knows addresses, node names and "
+                       "LoadBalancer Services, not cluster names")
     from emu.hosts.resolver import Resolver
     res = Resolver.for_pod(cluster, *key).resolve(host)
     cluster.engine.run()

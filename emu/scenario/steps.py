@@ -76,12 +76,14 @@ def source(run, step: Step):
 
 
 def _address_of(run, step: Step, host: str, key: str) -> str:
-    """An IP literal, a node name (the external host's /etc/hosts) or a pod name."""
+    """An IP literal, a node name or a LoadBalancer Service's name (`web` or
+    `web.namespace`: what the external host's /etc/hosts or public DNS
+    would say), or a pod name."""
     if _is_ip(host):
         return host
-    node = run.cluster.state.nodes.get(host)
-    if node is not None:
-        return node.ip
+    outside = run.cluster.outside_name(host)
+    if outside is not None:
+        return outside
     return run.cluster.state.pods[pod_key(run, step, host, key)].ip
 
 
@@ -98,7 +100,7 @@ def backend_of(run, src: str, sport: int, dst: str, dport: int, proto: int = 6) 
     return shown if "(" in shown else ""   # straight to a pod; a VIP nobody DNATed: none
 
 
-def _count_ok(f: F, n: int, check_only: bool = False) -> str | None:
+def _count_ok(f: F, n: int, check_only: bool = False, what: str | None = None) -> str | None:
     """`ok: 3` / `ok: ">=3"` / `"<=1"` against n; the problem or None."""
     v = f.value
     if isinstance(v, bool):
@@ -108,7 +110,7 @@ def _count_ok(f: F, n: int, check_only: bool = False) -> str | None:
         if text.startswith(op) and text[len(op):].isdigit():
             if check_only:
                 return None
-            return None if test(n, int(text[len(op):])) else f"{f.path.rsplit('.', 1)[-1]}: {n}, expected {v}"
+            return None if test(n, int(text[len(op):])) else f"{what or f.path.rsplit('.', 1)[-1]}: {n}, expected {v}"
     f.fail(f"must be a count like 3 or \">=3\", not {v!r}")
 
 
@@ -304,7 +306,7 @@ def ping_start(run, step: Step, p: dict, done) -> None:
     def finished(engine):
         got = sum(e.status == "reply" for e in ping.echoes)
         failures = []
-        if "received" in expect and (problem := _count_ok(expect["received"], got)):
+        if "received" in expect and (problem := _count_ok(expect["received"], got, what="received")):
             failures.append(problem)
         bad = [e.status for e in ping.echoes if "status" in expect and e.status != expect["status"]]
         if bad:
