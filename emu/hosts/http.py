@@ -58,7 +58,6 @@ Left out: HTTPS/TLS, HTTP/2, proxies, redirects, cookies, chunked uploads,
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 from http import HTTPStatus
 from dataclasses import dataclass, field
 from typing import Callable
@@ -69,6 +68,7 @@ import h11
 from emu.errors import EmuError
 from emu.hosts.tcp import Tcp
 from emu.hosts.outcome import Outcome
+from emu.wire import ipv4
 
 NS_PER_SEC = 1_000_000_000
 USER_AGENT = "curl/8.5.0"
@@ -316,14 +316,6 @@ class CurlResult(Outcome):
                 "first_byte": rel(self.first_byte_ns), "total": rel(self.finished_ns)}
 
 
-def _is_ipv4(host: str) -> bool:
-    try:
-        ipaddress.IPv4Address(host)
-        return True
-    except ValueError:
-        return False
-
-
 def _request_headers(host_header: str, extra, body: bytes | None) -> list[tuple[str, str]]:
     headers = [("Host", host_header), ("User-Agent", USER_AGENT), ("Accept", "*/*")]
     if body is not None:
@@ -366,7 +358,7 @@ def curl(netns, url: str, on_done: Callable[[CurlResult], None] | None = None, *
     body = data.encode() if isinstance(data, str) else data
     method = method or ("POST" if body is not None else "GET")
     host_header = host if port == 80 else f"{host}:{port}"
-    if not _is_ipv4(host) and resolver is None:
+    if not ipv4.is_address(host) and resolver is None:
         resolver = _pod_resolver(netns, cluster, url)
     client = _Curl(netns, url, method, host, port, target,
                    _request_headers(host_header, headers, body), body, resolver, on_done, timeout_ns)
@@ -397,7 +389,7 @@ class _Curl:
         eng, r = self.engine, self.result
         if self.timeout_ns is not None:
             eng.at(r.started_ns + int(self.timeout_ns), lambda e: self._fail("timeout"))
-        if _is_ipv4(r.host):
+        if ipv4.is_address(r.host):
             r.dns_ns = eng.now
             self._connect(r.host)
         else:
@@ -411,7 +403,7 @@ class _Curl:
         if res.error is not None:
             self._fail(f"dns: {res.error}")
             return
-        v4 = [a for a in res.addresses if _is_ipv4(a)]
+        v4 = [a for a in res.addresses if ipv4.is_address(a)]
         if not v4:
             self._fail("dns: no IPv4 address")
             return

@@ -239,12 +239,16 @@ def read_docs(paths: Iterable[str], stdin: IO[str] | str | None = None) -> list[
             text = src if isinstance(src, str) else src.read()
             docs.extend(parse_text(text, STDIN_NAME))
             continue
-        try:
-            with open(p, encoding="utf-8") as f:
-                text = f.read()
-        except UnicodeDecodeError as e:
-            raise ManifestError(f"not UTF-8 text ({e.reason} at byte {e.start})", p) from None
-        except OSError as e:
-            raise ManifestError(f"cannot read: {e.strerror}", p) from None
-        docs.extend(parse_text(text, p))
+        docs.extend(parse_text(read_text(p), p))
     return docs
+
+
+def read_text(path: str) -> str:
+    """A file's text, or a ManifestError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
+    except OSError as e:
+        raise ManifestError(f"cannot read: {e.strerror}", path) from None

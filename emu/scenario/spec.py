@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass, field
 
 from emu.model.fields import Ctx, F
-from emu.model.load import ManifestError, Map, parse_text
+from emu.model.load import ManifestError, Map, parse_text, read_text
 
 API_VERSION = "emu.dev/v1alpha1"
 TOP = {"apiVersion", "kind", "metadata", "seed", "manifests", "cluster", "capture", "apps", "steps"}
@@ -117,14 +117,7 @@ def is_scenario(path: str) -> bool:
 
 
 def load(path: str) -> Scenario:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except UnicodeDecodeError as e:
-        raise ManifestError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
-    except OSError as e:
-        raise ManifestError(f"cannot read: {e.strerror}", path) from None
-    docs = parse_text(text, path)
+    docs = parse_text(read_text(path), path)
     if len(docs) != 1:
         raise ManifestError(f"a scenario file holds one document, found {len(docs)}", path)
     doc = docs[0]

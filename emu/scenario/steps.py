@@ -22,7 +22,6 @@ count requests (a number, or `">=3"`).
 from __future__ import annotations
 
 import fnmatch
-import ipaddress
 import os
 from dataclasses import dataclass, field
 
@@ -46,14 +45,6 @@ class Result:
 
 
 # ------------------------------------------------------------------ helpers
-def _is_ip(s: str) -> bool:
-    try:
-        ipaddress.IPv4Address(s)
-        return True
-    except ValueError:
-        return False
-
-
 def pod_key(run, step: Step, name: str, key: str, namespace: str = "default") -> tuple[str, str]:
     """A running pod by `name`, `namespace/name` or a glob (first match in name order)."""
     ns, _, pod = name.rpartition("/")
@@ -79,7 +70,7 @@ def _address_of(run, step: Step, host: str, key: str) -> str:
     """An IP literal, a node name or a LoadBalancer Service's name (`web` or
     `web.namespace`: what the external host's /etc/hosts or public DNS
     would say), or a pod name."""
-    if _is_ip(host):
+    if ipv4.is_address(host):
         return host
     outside = run.cluster.outside_name(host)
     if outside is not None:
@@ -179,7 +170,7 @@ def curl_start(run, step: Step, p: dict, done) -> None:
     url = p["url"]
     if key is None:  # the external host has no cluster DNS: node names via its /etc/hosts
         host = urlsplit(url).hostname
-        if not _is_ip(host):
+        if not ipv4.is_address(host):
             url = url.replace(host, _address_of(run, step, host, "curl"), 1)
     results = []
 
@@ -386,13 +377,13 @@ def connect_start(run, step: Step, p: dict, done) -> None:
         conn = Tcp.of(netns).connect(address, port, connected, error)
         run.engine.at(started + p["timeout"], lambda e: error("ETIMEDOUT"))
 
-    if _is_ip(p["host"]) or key is None:
+    if ipv4.is_address(p["host"]) or key is None:
         go(_address_of(run, step, p["host"], "connect"))
         return
     from emu.hosts.resolver import Resolver
 
     def resolved(r):
-        v4 = [a for a in r.addresses if _is_ip(a)]
+        v4 = [a for a in r.addresses if ipv4.is_address(a)]
         if v4:
             go(v4[0])
         else:

@@ -20,6 +20,15 @@ def aton(text: str) -> int:
         raise EmuError(f"invalid IPv4 address {text!r}") from None
 
 
+def is_address(text: str) -> bool:
+    """A dotted-quad IPv4 address (not a name)."""
+    try:
+        ipaddress.IPv4Address(text)
+        return True
+    except ValueError:
+        return False
+
+
 def ntoa(value: int) -> str:
     return str(ipaddress.IPv4Address(value))
 
