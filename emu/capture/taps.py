@@ -65,6 +65,23 @@ class Taps:
         self.count += len(sel)
         return np.stack([rec, sel])
 
+    def record_frames(self, buf, starts, lengths, ports, times, pkt_ids, notes=None) -> np.ndarray:
+        """Record frames held outside the pool (bulk traffic's batches), all on
+        tapped ports; returns their record indices (notes -1 until set_notes)."""
+        n = len(starts)
+        lengths = np.asarray(lengths, np.int64)
+        self._reserve(n, int(lengths.sum()))
+        dst = self._used + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        rewrite.copy_ranges(buf, np.asarray(starts, np.int64), lengths, self.buf, dst)
+        rec = np.arange(self.count, self.count + n)
+        c = self._cols
+        c["start"][rec], c["length"][rec], c["port"][rec] = dst, lengths, ports
+        c["time"][rec], c["pkt_id"][rec] = times, pkt_ids
+        c["note"][rec] = -1 if notes is None else notes
+        self._used += int(lengths.sum())
+        self.count += n
+        return rec
+
     def record_rx(self, engine, ports, slots, times):
         """Frames arriving on ports: copied now (before the device changes them);
         their notes come from the receiving device's decision (set_notes)."""

@@ -132,27 +132,31 @@ def trace_report(result) -> list:
 
 
 class step_progress:
-    """A transient progress bar over the scenario's steps on a terminal
-    (stderr); nothing when piped. Used as `with step_progress() as progress:`."""
+    """Transient progress bars on a terminal (stderr): the scenario's steps,
+    and a traffic step's packets with their rate; nothing when piped. Used as
+    `with step_progress() as progress:`."""
 
     def __enter__(self):
         import sys
 
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         if not sys.stderr.isatty():
             self.progress = None
-            return lambda done, total, label: None
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 TextColumn("{task.completed}/{task.total} steps"), TimeElapsedColumn(),
-                                 console=Console(stderr=True), transient=True)
+            return lambda done, total, label, unit="steps": None
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[unit]}"), TextColumn("{task.fields[rate]}"),
+                                 TimeElapsedColumn(), console=Console(stderr=True), transient=True)
         self.progress.start()
-        self.task = None
+        self.tasks = {}
 
-        def update(done, total, label):
-            if self.task is None:
-                self.task = self.progress.add_task(label, total=total)
-            self.progress.update(self.task, completed=done, description=label)
+        def update(done, total, label, unit="steps"):
+            task = self.tasks.get(unit)
+            if task is None:
+                task = self.tasks[unit] = self.progress.add_task(label, total=total, unit=unit, rate="")
+            speed = self.progress.tasks[task].speed if unit == "packets" else None
+            self.progress.update(task, completed=done, total=total, description=label,
+                                 rate=f"{speed / 1e6:.2f} M/s" if speed else "")
 
         return update
 

@@ -117,7 +117,8 @@ class Run:
             ports = [p for p in default_taps(self.engine)
                      if any(fnmatch.fnmatchcase(p.name, pat) for pat in scenario.capture)]
             self.engine.capture(ports)
-        self.progress = progress or (lambda done, total, label: None)
+        # progress(done, total, label, unit): steps as they start, a traffic step's packets
+        self.progress = progress or (lambda done, total, label, unit="steps": None)
         self.reports: list[StepReport] = []
         self._ip_to_pod: dict[str, str] | None = None
 
@@ -131,6 +132,9 @@ class Run:
             if node.ip == ip:
                 return node.name
         return ip
+
+    def progress_packets(self, step: Step, sent: int, total: int) -> None:
+        self.progress(sent, total, f"step {step.index}: {step.kind} {step.arg}", "packets")
 
     # -- running ---------------------------------------------------------------------
     def run(self) -> list[StepReport]:
