@@ -20,7 +20,7 @@ from emu.control import cluster as controllers
 from emu.control import flannel
 from emu.control.ipam import UNDERLAY
 from emu.control.kubeproxy import KubeProxy
-from emu.control.proxier import Proxier
+from emu.control.proxier import Proxier, clean_stale_udp
 from emu.control.state import ClusterState
 from emu.dataplane.engine import Engine
 from emu.dataplane.loadbalancer import LoadBalancer
@@ -57,6 +57,10 @@ class Cluster:
         self.app_overrides = list(apps) if isinstance(apps, (list, tuple)) else []
         self.apps_on = bool(apps) or apps == []
         self.apps: dict[tuple[str, str], list] = {}
+        # kube-proxy reconciles UDP conntrack entries after each sync; False models
+        # one that cannot (the UDP blackhole of older kube-proxies without `conntrack`)
+        self.conntrack_cleanup = model.settings.conntrack_cleanup
+        self.udp_entries_cleaned = 0
         self.state: ClusterState = controllers.build(model, seed)
         self.engine = Engine(seed=seed)
         settings = self.state.settings
@@ -217,8 +221,10 @@ class Cluster:
                     name, n = f"{flannel.pod_device_name(p.namespace, p.name)}~{n}", n + 1
                 self.fabric.pods[key] = flannel.add_pod(self.engine, self.fabric.nodes[p.node], name, p.ip)
                 self._wired[key] = p.ip
-        for proxy in self.proxies.values():
+        for name, proxy in self.proxies.items():
             proxy.update(self.state)
+            if self.conntrack_cleanup:
+                self.udp_entries_cleaned += clean_stale_udp(proxy, self.fabric.nodes[name].ns.conntrack.table)
         self._serve_dns()
         self._program_load_balancer()
         self._start_apps()

@@ -148,7 +148,23 @@ def test_conntrack_full_drops_new_connections(tmp_path):
     assert full and sum(n for _, n in full) > 0
     assert r.conntrack["node-1"] == (64, 64)
     assert 0 < r.completed < 300 and r.broken > 0
+    assert r.completed + r.broken == 300            # the SYNs dropped were sent again, then given up on
     assert ("conntrack node-1", "64 / 64") in r.rows()
+
+
+@pytest.mark.parametrize("engine,flows", [("bulk", 300), ("interactive", 120)])
+def test_cold_arp_burst_syns_are_retransmitted(tmp_path, engine, flows):
+    """No warm-up: the first SYNs overflow the client's neighbour queue
+    (unres_qlen 101, NEIGH_QUEUE_FULL); Linux sends them again after the
+    initial RTO (1 s), by when ARP is resolved, so every flow completes."""
+    c = cluster(tmp_path, capture=False)
+    t = Traffic(c, ["default/client"], "web:80", protocol="tcp", flows=flows, packets=2, engine=engine)
+    r = t.run()
+    lost = sum(n for _, reason, n in r.drops if reason == "NEIGH_QUEUE_FULL")
+    assert lost > 0 and t.syn_sent == lost
+    assert r.completed == flows and r.broken == 0 and r.completed + r.broken == r.flows
+    assert r.packets == flows * (2 * 2 + 6) + lost
+    assert 1e9 <= r.virtual_ns < 1.1e9                                    # the retries left at 1 s
 
 
 def _backend_node(c, pod_name):
@@ -175,6 +191,7 @@ def test_node_failure_during_tcp_traffic(tmp_path):
 @pytest.mark.parametrize("flush", [False, True])
 def test_udp_blackhole_until_flushed(tmp_path, flush):
     c = cluster(tmp_path, capture=False)
+    c.conntrack_cleanup = False   # kube-proxy's own reconcile off: the Traffic option decides
     warm(c)
     t = Traffic(c, ["default/client"], "web:53", protocol="udp", flows=40, packets=40, interval_ns=100_000,
                 flush_udp=flush)

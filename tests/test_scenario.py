@@ -160,3 +160,45 @@ spec:
     assert (p1.status, p1.reply, p1.responder) == ("open", b"echo", echo_ip)
     assert p2.status == "timeout" and p2.reply is None        # netexec ignores unknown commands
     assert (p3.status, p3.responder) == ("refused", echo_ip)   # ICMP port unreachable from the pod
+
+
+@pytest.mark.parametrize("cleanup", [True, False])
+def test_kube_proxy_cleans_stale_udp_conntrack_or_the_flow_blackholes(cleanup):
+    """A UDP client keeps one socket (one 5-tuple) to a Service. Its backend
+    is deleted: kube-proxy's conntrack reconcile deletes the entry and the next
+    datagram picks a live endpoint; without it the entry keeps sending the
+    flow to the dead address until the client stops for 30/120 s."""
+    from scapy.layers.inet import IP, UDP
+
+    from emu.cluster import Cluster
+    from emu.model import load as load_manifests
+    from emu.wire import ipv4 as v4
+
+    c = Cluster(load_manifests([str(ROOT / "examples" / "no-endpoints" / "manifests.yaml")]), apps=True)
+    c.conntrack_cleanup = cleanup
+    c.scale("default", "web", 2)
+    vip = c.state.services[("default", "web")].cluster_ip
+    client = c.pod("default", "client")
+    me = c.state.pods[("default", "client")].ip
+    answers = []
+    client.bind(17, 40000, lambda ns, frame, l3, t: answers.append(bytes(IP(bytes(frame[l3:]))[UDP].payload)))
+
+    def send():
+        client.send_ip(c.engine, bytes(IP(src=me, dst=vip) / UDP(sport=40000, dport=81) / b"hostname"))
+        c.engine.run()
+
+    send()
+    assert len(answers) == 1
+    first = answers[0].decode()
+    c.delete_pod("default", first)
+    dead = {k: p for k, p in c.state.pods.items()}   # the pod is gone from the state
+    assert ("default", first) not in dead
+    send()
+    node1 = c.fabric.nodes["node-1"].ns.conntrack
+    to_vip = [e for e in node1.entries() if e["proto"] == 17 and v4.ntoa(e["orig_dst"]) == vip]
+    if cleanup:
+        assert len(answers) == 2 and answers[1].decode() != first and c.udp_entries_cleaned >= 1
+        assert len(to_vip) == 1 and v4.ntoa(to_vip[0]["reply_src"]) != vip
+    else:
+        assert len(answers) == 1 and c.udp_entries_cleaned == 0   # the blackhole
+        assert len(to_vip) == 1

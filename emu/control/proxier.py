@@ -22,7 +22,8 @@ from emu.dataplane.conntrack import NEW
 from emu.dataplane.nat import Nat
 from emu.wire import ipv4
 from kernels import parse
-from kernels.conntrack import IPS_DST_NAT
+from kernels import conntrack as ct
+from kernels.conntrack import IPS_CONFIRMED, IPS_DST_NAT
 from kernels.drop import Drop
 
 class Proxier:
@@ -88,3 +89,40 @@ class Proxier:
             return None
         addrs = netns.ifaces[out_ifindex].addrs
         return addrs[0][0] if addrs else None
+
+
+def clean_stale_udp(kube_proxy: KubeProxy, table) -> int:
+    """kube-proxy's conntrack reconcile after a sync (pkg/proxy/conntrack
+    CleanStaleEntries): for every UDP Service port with serving endpoints,
+    delete the UDP entries to its ClusterIP, LoadBalancer or external IP and
+    port, or to its NodePort, whose reply source is not a serving endpoint
+    (`conntrack -D -p udp --orig-dst VIP --dst-nat EP`). Without this, a UDP
+    client that keeps sending (its entry never times out) stays pinned to an
+    endpoint that is gone: the UDP blackhole. Returns the entries deleted."""
+    by_vip: dict[tuple[int, int], set[int]] = {}
+    by_nodeport: dict[int, set[int]] = {}
+    for sp in kube_proxy.service_ports:
+        if sp.proto != "udp":
+            continue
+        serving = {ipv4.aton(e.ip) for e in sp.endpoints if e.serving}
+        if not serving:
+            continue  # a Service without endpoints needs no cleanup
+        for vip in (sp.cluster_ip, *sp.lb_ips, *sp.external_ips):
+            if vip:
+                by_vip[(ipv4.aton(vip), sp.port)] = serving
+        if sp.node_port:
+            by_nodeport[sp.node_port] = serving
+    if not by_vip and not by_nodeport:
+        return 0
+    conns = table.conns
+    live = np.nonzero(((conns["status"] & IPS_CONFIRMED) != 0) & (conns["proto"] == 17))[0]
+    stale = []
+    for c in live.tolist():
+        rec = conns[c]
+        dst, dport, rsrc = int(rec["orig_dst"]), int(rec["orig_dport"]), int(rec["reply_src"])
+        eps = by_vip.get((dst, dport))
+        if (eps is not None and rsrc not in eps) or (dport in by_nodeport and rsrc not in by_nodeport[dport]):
+            stale.append(c)
+    if stale:
+        ct.delete(table, np.array(stale, np.int32))
+    return len(stale)

@@ -98,6 +98,7 @@ class ClusterSettings:
     node_cidr_mask_size: int = 24
     underlay_mtu: int = 1500        # the nodes' NICs (eth0)
     mtu: int | None = None          # pods' veth/cni0 MTU (the CNI config's "mtu"); None: flannel's underlay - 50
+    conntrack_cleanup: bool = True  # kube-proxy deletes stale UDP conntrack entries after each sync
     source: Source = field(default=NO_SOURCE, compare=False)
 
     @property

@@ -83,7 +83,7 @@ NODE_SPEC = {"configSource", "externalID", "podCIDR", "podCIDRs", "providerID", 
              "unschedulable"}
 SETTINGS = {"apiVersion", "kind", "metadata", "nodes", "podCIDR", "serviceCIDR",
             "clusterDomain", "cni", "kubeProxyMode", "ipvsScheduler", "nodePortRange",
-            "nodeCIDRMaskSize", "underlayMTU", "mtu"}
+            "nodeCIDRMaskSize", "underlayMTU", "mtu", "kubeProxyConntrackCleanup"}
 
 # kind -> (apiVersion it must have, group names under which the kind is "ours")
 KINDS = {
@@ -561,6 +561,9 @@ def parse_settings(doc: RawDoc, d: F) -> ClusterSettings:
     kw["underlay_mtu"] = d.get("underlayMTU").int(1500, lo=576, hi=9216)
     # the smallest MTU Linux lets an IPv4 interface have is 68; a VXLAN overlay needs room for it
     kw["mtu"] = d.get("mtu").int(None, lo=68, hi=9216)
+    # false: a kube-proxy that cannot delete conntrack entries (older ones without the
+    # conntrack binary): UDP clients stay pinned to endpoints that are gone
+    kw["conntrack_cleanup"] = d.get("kubeProxyConntrackCleanup").bool(True)
     settings = ClusterSettings(**kw)
     mask_f = d.get("nodeCIDRMaskSize")
     mask = mask_f.int(24, lo=1, hi=30)
