@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 from emu.cluster import Cluster
 from emu.dataplane.engine import Hop
 from emu.errors import EmuError
-from emu.wire import ipv4
 
 SECOND = 1_000_000_000
 

@@ -109,7 +109,8 @@ class Run:
     def __init__(self, scenario: Scenario, capture: bool = True, progress=None):
         self.scenario = scenario
         # every step's options and expectations are checked before anything runs
-        self.params = [kinds.KINDS[s.kind][0](s) for s in scenario.steps]
+        self.kinds = kinds.kinds()
+        self.params = [self.kinds[s.kind][0](s) for s in scenario.steps]
         overrides = [AppOverride(a.selector, a.port, a.responses, a.namespace) for a in scenario.apps]
         self.cluster = Cluster(build_model(scenario), seed=scenario.seed, capture=False, apps=overrides)
         self.engine = self.cluster.engine
@@ -167,7 +168,7 @@ class Run:
             if nxt and step.wait:
                 self._schedule(i + 1, self.engine.now)
 
-        kinds.KINDS[step.kind][1](self, step, self.params[i], done)
+        self.kinds[step.kind][1](self, step, self.params[i], done)
         if nxt and not step.wait:
             self._schedule(i + 1, self.engine.now)
 

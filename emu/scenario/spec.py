@@ -16,7 +16,8 @@
 
 Every step may have `name`, `at` (earliest start on the virtual clock),
 `wait` (false: the next step starts at once) and `expect`. Steps run one
-after another on the virtual clock; see emu.scenario.steps for each kind.
+after another on the virtual clock; see emu.scenario.clients, .changes and
+.traffic for each kind.
 
 Errors name the file, line, step and field (ManifestError).
 """
@@ -76,8 +77,7 @@ class Step:
     at_ns: int | None
     wait: bool
     source: str | None    # `from`
-    options: dict         # the kind's other keys, raw values
-    expect: F             # raw; each kind checks its own (emu.scenario.steps)
+    expect: F             # raw; each kind checks its own, and reads its options from `field`
 
     def fail(self, problem: str, key: str | None = None):
         (self.field.get(key) if key else self.field).fail(problem)
@@ -205,5 +205,4 @@ def _step(index: int, s: F) -> Step:
     s.map(allowed)
     arg = s.get(kind).require().value
     return Step(index, kind, arg, s, s.get("name").str() or "", duration_ns(s.get("at")),
-                s.get("wait").bool(True), s.get("from").str(),
-                {k: s.get(k) for k in STEP_KEYS[kind] if s.get(k).present}, s.get("expect"))
+                s.get("wait").bool(True), s.get("from").str(), s.get("expect"))
