@@ -66,7 +66,8 @@ class Cluster:
         settings = self.state.settings
         self._wired = {k: p.ip for k, p in self.state.pods.items()}  # the IP each pod was wired with
         self.fabric = flannel.build(self.state, self.engine, underlay_plen=UNDERLAY.prefixlen,
-                                    underlay_mtu=settings.underlay_mtu, pod_mtu=settings.mtu)
+                                    underlay_mtu=settings.underlay_mtu, pod_mtu=settings.mtu,
+                                    conntrack_max=settings.conntrack_max)
         self.proxies = {
             name: KubeProxy(self.state, name, mode=settings.kube_proxy_mode,
                             scheduler=settings.ipvs_scheduler, seed=seed)

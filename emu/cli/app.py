@@ -41,10 +41,10 @@ def _root(
 def run(
     scenario: Path = typer.Argument(..., help="A scenario file (kind: Scenario), e.g. examples/quickstart/scenario.yaml."),
     output: Path = typer.Option(None, "--output", "-o",
-                                help="Capture (pcapng) to write [default: <scenario name>.pcapng]."),
+                                help="Capture (pcapng) to write (default: <scenario name>.pcapng)."),
     pcap_dir: Path = typer.Option(None, "--pcap-dir", help="Also write one classic pcap per interface here."),
     no_capture: bool = typer.Option(False, "--no-capture", help="Run without writing a capture."),
-    seed: int = typer.Option(None, help="Seed for every random choice [default: the scenario's]."),
+    seed: int = typer.Option(None, help="Seed for every random choice (default: the scenario's)."),
 ) -> None:
     """Run a scenario: build its cluster, play its steps, check each expect, write the capture."""
     from dataclasses import replace
@@ -71,8 +71,8 @@ def trace(
     to: str = typer.Option(..., "--to", help="http://name/path, host:port, or an address (ping)."),
     files: list[str] = typer.Option(..., "--filename", "-f",
                                     help="Manifests or a scenario: a file, a folder or - for stdin (repeatable)."),
-    protocol: str = typer.Option(None, "--protocol", help="tcp | udp | icmp [default: tcp with a port, icmp without]."),
-    seed: int = typer.Option(None, help="Seed for every random choice [default: the scenario's, or 1]."),
+    protocol: str = typer.Option(None, "--protocol", help="tcp | udp | icmp (default: tcp with a port, icmp without)."),
+    seed: int = typer.Option(None, help="Seed for every random choice (default: the scenario's, or 1)."),
 ) -> None:
     """The first packet to a destination (and the first answer), hop by hop, with each decision."""
     from emu.cli.render import print_tables, trace_report
@@ -90,7 +90,7 @@ def show(
     files: list[str] = typer.Option(..., "--filename", "-f",
                                     help="Manifests or a scenario: a file, a folder or - for stdin (repeatable)."),
     node: str = typer.Option(None, "--node", help="Only this node (routes, neigh, fdb, iptables, conntrack)."),
-    seed: int = typer.Option(None, help="Seed for every random choice [default: the scenario's, or 1]."),
+    seed: int = typer.Option(None, help="Seed for every random choice (default: the scenario's, or 1)."),
 ) -> None:
     """Build the cluster the manifests (or a scenario's) describe and print one of its tables."""
     from emu.cli.render import print_tables

@@ -58,14 +58,15 @@ def add_underlay(engine: Engine) -> Bridge:
 
 
 def add_node(engine: Engine, switch: Bridge, name: str, ip: str, subnet: str, underlay_plen: int = 24,
-             underlay_mtu: int = 1500, pod_mtu: int | None = None, vxlan_mtu: int | None = None) -> Node:
+             underlay_mtu: int = 1500, pod_mtu: int | None = None, vxlan_mtu: int | None = None,
+             conntrack_max: int = 262_144) -> Node:
     """One node: eth0 on the underlay, cni0, flannel.1, conntrack."""
     seed = engine.seed
     vxlan_mtu = vxlan_mtu or underlay_mtu - VXLAN_OVERHEAD
     pod_mtu = pod_mtu or vxlan_mtu
     net, plen = ipv4.parse_cidr(subnet)
     ns = engine.add(Netns(name, forwarding=True))
-    Conntrack(seed=seed).attach(ns)  # kube-proxy's rules load nf_conntrack on every node
+    Conntrack(conntrack_max, seed=seed).attach(ns)  # kube-proxy's rules load nf_conntrack on every node
     eth0 = ns.add_interface("eth0", mac_for(seed, f"{name}/eth0"), mtu=underlay_mtu)
     ns.add_address("eth0", f"{ip}/{underlay_plen}")
     engine.link(eth0.port, switch.add_bridge_port(f"port-{name}"), UNDERLAY_LATENCY_NS)
@@ -126,12 +127,13 @@ class Fabric:
 
 
 def build(state, engine: Engine, underlay_plen: int = 16, underlay_mtu: int = 1500,
-          pod_mtu: int | None = None) -> Fabric:
+          pod_mtu: int | None = None, conntrack_max: int = 262_144) -> Fabric:
     """Wire a ClusterState: every node, every pod with an IP (hostNetwork pods
     live in their node's namespace and get no devices). `pod_mtu` is the CNI
     config's "mtu" (None: what flanneld computes, underlay MTU - 50)."""
     switch = add_underlay(engine)
-    nodes = {n.name: add_node(engine, switch, n.name, n.ip, n.pod_cidr, underlay_plen, underlay_mtu, pod_mtu)
+    nodes = {n.name: add_node(engine, switch, n.name, n.ip, n.pod_cidr, underlay_plen, underlay_mtu, pod_mtu,
+                              conntrack_max=conntrack_max)
              for n in state.nodes.values()}
     connect_overlay(list(nodes.values()))
     pods = {}

@@ -99,6 +99,7 @@ class ClusterSettings:
     underlay_mtu: int = 1500        # the nodes' NICs (eth0)
     mtu: int | None = None          # pods' veth/cni0 MTU (the CNI config's "mtu"); None: flannel's underlay - 50
     conntrack_cleanup: bool = True  # kube-proxy deletes stale UDP conntrack entries after each sync
+    conntrack_max: int = 262_144    # net.netfilter.nf_conntrack_max on every node
     source: Source = field(default=NO_SOURCE, compare=False)
 
     @property

@@ -83,7 +83,8 @@ NODE_SPEC = {"configSource", "externalID", "podCIDR", "podCIDRs", "providerID", 
              "unschedulable"}
 SETTINGS = {"apiVersion", "kind", "metadata", "nodes", "podCIDR", "serviceCIDR",
             "clusterDomain", "cni", "kubeProxyMode", "ipvsScheduler", "nodePortRange",
-            "nodeCIDRMaskSize", "underlayMTU", "mtu", "kubeProxyConntrackCleanup"}
+            "nodeCIDRMaskSize", "underlayMTU", "mtu", "kubeProxyConntrackCleanup",
+            "conntrackMax"}
 
 # kind -> (apiVersion it must have, group names under which the kind is "ours")
 KINDS = {
@@ -564,6 +565,8 @@ def parse_settings(doc: RawDoc, d: F) -> ClusterSettings:
     # false: a kube-proxy that cannot delete conntrack entries (older ones without the
     # conntrack binary): UDP clients stay pinned to endpoints that are gone
     kw["conntrack_cleanup"] = d.get("kubeProxyConntrackCleanup").bool(True)
+    # nf_conntrack_max (kube-proxy sets max(131072, 32768 per CPU) by default; emu's default 262144)
+    kw["conntrack_max"] = d.get("conntrackMax").int(262_144, lo=16, hi=100_000_000)
     settings = ClusterSettings(**kw)
     mask_f = d.get("nodeCIDRMaskSize")
     mask = mask_f.int(24, lo=1, hi=30)
