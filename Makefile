@@ -24,7 +24,7 @@ tshark:
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tshark >/dev/null; }
 
-EXAMPLES := quickstart nodeport headless-dns no-endpoints mtu failover
+EXAMPLES := quickstart nodeport headless-dns no-endpoints mtu failover bulk-traffic
 
 demo: setup
 	mkdir -p $(OUT)

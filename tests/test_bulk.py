@@ -246,3 +246,43 @@ def test_interactive_packets_share_the_tables(tmp_path):
     sports = {e["orig_sport"] for e in entries if e["proto"] == 17}
     # sport 32769 is bulk flow 1's: the interactive datagram hit its connection (same tuple) and was DNATed alike
     assert 32769 in sports and 33001 in sports
+
+
+def test_decider_equals_kube_proxy_per_packet(tmp_path):
+    """emu.bulk.decide: a mixed batch (ClusterIP and NodePort flows from two
+    sources, a destination no rule matches, UDP) decided at once equals
+    KubeProxy.decide called once per packet in order, from the same random
+    stream."""
+    from emu.bulk.decide import A_DNAT, _CODE, Decider
+    c = cluster(tmp_path, replicas=3, capture=False)
+    kp = c.proxies["node-1"]
+    vip = ipv4.aton(c.state.services[("default", "web")].cluster_ip)
+    node = ipv4.aton(c.state.nodes["node-1"].ip)
+    client = ipv4.aton(c.state.pods[("default", "client")].ip)
+    rng = np.random.default_rng(5)
+    n = 400
+    kind = rng.integers(0, 5, n)
+    src = np.where(kind == 4, ipv4.aton("192.168.7.7"), client).astype(np.uint32)
+    dst = np.select([kind == 2, kind == 3], [node, ipv4.aton("10.1.2.3")], vip).astype(np.uint32)
+    dport = np.select([kind == 1, kind == 2], [53, 30080], 80).astype(np.uint16)
+    proto = np.where(kind == 1, 17, 6).astype(np.uint8)
+    sport = rng.integers(1024, 65536, n).astype(np.uint16)
+    times = np.arange(n, dtype=np.int64) * 1000 + c.engine.now
+    want_explain = rng.random(n) < 0.5
+    state = kp._rng.bit_generator.state
+    d = Decider(kp)
+    got = [d.decide(src[k:k + 100], proto[k:k + 100], dst[k:k + 100], dport[k:k + 100], sport[k:k + 100],
+                    times[k:k + 100], "PREROUTING", want_explain[k:k + 100]) for k in range(0, n, 100)]
+    kp._rng.bit_generator.state = state
+    for k in range(n):
+        one = kp.decide(ipv4.ntoa(int(src[k])), int(proto[k]), ipv4.ntoa(int(dst[k])), int(dport[k]),
+                        now_ns=int(times[k]), hook="PREROUTING", src_port=int(sport[k]))
+        action, bip, bport, masq, explain = got[k // 100]
+        j = k % 100
+        assert int(action[j]) == _CODE[one.action] and bool(masq[j]) == one.masquerade
+        if one.backend is not None:
+            assert (ipv4.ntoa(int(bip[j])), int(bport[j])) == (one.backend[0], one.backend[1])
+        if want_explain[k] and action[j] == A_DNAT:
+            assert explain[j] == one.explain
+    assert len({int(b) for a, b in zip(np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got]))
+                if a == A_DNAT}) == 3

@@ -10,7 +10,7 @@ from emu.scenario import load, run
 from tests.tshark import fields, one_interface, problems
 from tests.util import ROOT
 
-EXAMPLES = ("quickstart", "nodeport", "headless-dns", "no-endpoints", "mtu", "failover")
+EXAMPLES = ("quickstart", "nodeport", "headless-dns", "no-endpoints", "mtu", "failover", "bulk-traffic")
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +184,24 @@ def test_failover_timeline_on_the_wire(runs, tmp_path):
     client = one_interface(path, "client/eth0", tmp_path / "client.pcapng")
     ok = fields(client, "frame.time_epoch", display_filter="http.response.code == 200")
     assert any(float(t) > not_ready_at for (t,) in ok)
+
+
+def test_bulk_traffic_on_the_wire(runs, tmp_path):
+    """The sampled bulk flows in the capture: whole TCP connections (SYN to
+    the ClusterIP on the client, DNATed SYN at a backend, FIN both ways),
+    UDP datagrams echoed; Wireshark's only remarks are SYNs resent after a
+    burst overflowed a neighbour queue (as on Linux)."""
+    report, path = runs["bulk-traffic"]
+    tcp, udp = report.steps[2].result.detail, report.steps[3].result.detail
+    assert (tcp.flows, tcp.completed, tcp.broken) == (4000, 4000, 0) and len(tcp.backends) == 3
+    assert udp.flows == 600 and udp.packets > udp.delivered > 0.9 * udp.packets   # node-2 failed meanwhile
+    vip = report.cluster.state.services[("default", "web")].cluster_ip
+    client = one_interface(path, "client-1/eth0", tmp_path / "client.pcapng")
+    syns = fields(client, "tcp.srcport", display_filter=f"ip.dst == {vip} && tcp.flags.syn == 1 && tcp.dstport == 80")
+    fins = fields(client, "tcp.srcport", display_filter=f"ip.dst == {vip} && tcp.flags.fin == 1 && tcp.dstport == 80")
+    # one sampled flow in 400: 5 of client-1's 2000, plus its two curls
+    assert len({r[0] for r in syns}) == 7 and {r[0] for r in fins} == {r[0] for r in syns}
+    echoed = fields(client, "udp.srcport", display_filter=f"ip.src == {vip} && udp.srcport == 81")
+    assert echoed
+    found = problems(path)
+    assert all("[TCP Retransmission]" in p and "[SYN]" in p for p in found), found

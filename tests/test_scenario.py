@@ -202,3 +202,44 @@ def test_kube_proxy_cleans_stale_udp_conntrack_or_the_flow_blackholes(cleanup):
     else:
         assert len(answers) == 1 and c.udp_entries_cleaned == 0   # the blackhole
         assert len(to_vip) == 1
+
+
+# ------------------------------------------------------------------ the traffic step (emu.bulk)
+def test_traffic_step_reports_and_shares_the_cluster(tmp_path):
+    report = run(load(_scenario(tmp_path, """\
+- curl: http://web/
+  from: client
+- traffic: web:80
+  from: client
+  flows: 60
+  packets: 3
+  expect: {completed: 60, broken: 0, backends: 2, drops: {CT_TABLE_FULL: 0}}
+- curl: http://web/
+  from: client
+  expect: 200
+""")))
+    assert report.ok, report.failures()
+    bulk = report.steps[1].result.detail
+    assert (bulk.flows, bulk.completed, sum(bulk.backends.values())) == (60, 60, 60)
+    assert bulk.packets == 60 * (2 * 3 + 6)   # handshake, 3 acknowledged segments, teardown
+    assert "60 flows: 60 completed" in report.steps[1].result.outcome
+    # the flows are in the same conntrack table the curls use (TIME_WAIT entries)
+    node1 = report.cluster.fabric.nodes["node-1"].ns.conntrack
+    assert len([e for e in node1.entries() if e["proto"] == 6]) >= 60
+
+
+def test_traffic_step_under_conntrack_pressure(tmp_path):
+    report = run(load(_scenario(tmp_path, """\
+- curl: http://web/
+  from: client
+- traffic: web:80
+  from: client
+  flows: 300
+  packets: 1
+  expect: {drops: {CT_TABLE_FULL: ">=1"}, completed: "<=299"}
+""", extra="cluster: {conntrackMax: 128}\n")))
+    assert report.ok, report.failures()
+    bulk = report.steps[1].result.detail
+    assert bulk.completed + bulk.broken == bulk.flows == 300
+    assert any(reason == "CT_TABLE_FULL" for _, reason, _ in bulk.drops)
+    assert all(cap == 128 for _, cap in bulk.conntrack.values())

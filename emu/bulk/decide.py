@@ -63,7 +63,9 @@ class Decider:
 
     def decide(self, src, proto, dst, dport, sport, times, hook: str, want_explain=None):
         """Arrays in; per packet (action code, backend ip uint32, backend port
-        uint16, masquerade bool, explain text or None (only where want_explain))."""
+        uint16, masquerade bool) and {packet: explain text} for the packets
+        where want_explain (those a kube-proxy decision without DNAT left
+        alone may be missing: their text is never shown)."""
         self._fresh()
         n = len(src)
         action = np.zeros(n, np.uint8)
@@ -77,8 +79,11 @@ class Decider:
         # decisions without side effects (no DNAT) already known: all at once
         packed = (src.astype(np.uint64) << np.uint64(32)) | dst.astype(np.uint64)
         packed2 = (proto.astype(np.uint64) << np.uint64(16)) | dport.astype(np.uint64)
-        u, inv = np.unique(np.stack([packed, packed2], axis=1), axis=0, return_inverse=True)
-        inv = inv.reshape(-1)
+        if (packed == packed[0]).all() and (packed2 == packed2[0]).all():  # one key: no sort
+            u, inv = np.array([[packed[0], packed2[0]]], np.uint64), np.zeros(n, np.int64)
+        else:
+            u, inv = np.unique(np.stack([packed, packed2], axis=1), axis=0, return_inverse=True)
+            inv = inv.reshape(-1)
         todo = np.ones(n, bool)
         for j, (a, c) in enumerate(u.tolist()):
             info = self._cache.get((a >> 32, c >> 16, a & 0xFFFFFFFF, c & 0xFFFF, hook))
@@ -89,13 +94,15 @@ class Decider:
                 masq[sel] = d.masquerade
                 if d.backend is not None:
                     bip[sel], bport[sel] = ipv4.aton(d.backend[0]), d.backend[1]
-                if want_explain is not None:
+                if want_explain is not None and d.action == DNAT:
                     for k in np.nonzero(sel & want_explain)[0].tolist():
                         explain[k] = d.explain
                 todo[sel] = False
         rest = np.nonzero(todo)[0]
-        keys = {int(i): k for i, k in zip(rest.tolist(), zip(src[rest].tolist(), proto[rest].tolist(),
-                                                           dst[rest].tolist(), dport[rest].tolist()))}
+        if len(rest) and self._one_run(u, inv, rest, src, hook, action, bip, bport, masq, explain, want_explain,
+                                       dst, dport):
+            return action, bip, bport, masq, explain
+        keys = _Keys(src, proto, dst, dport)
         pos = 0
         while pos < len(rest):
             i = int(rest[pos])
@@ -105,10 +112,25 @@ class Decider:
                 s = ipv4.ntoa(keys[i][0])
                 d = kp.decide(s, keys[i][1], ipv4.ntoa(keys[i][2]), keys[i][3], now_ns=int(times[i]), hook=hook,
                               src_port=int(sport[i]))
-                if info is None:
+                fill = info is None
+                if fill:
                     info = self._cache[key] = self._classify(d, s)
                 self._apply(i, d, action, bip, bport, masq, explain, want_explain)
                 pos += 1
+                if fill and info[0] == "static":  # the later packets with this key: all at once
+                    later = rest[pos:]
+                    same = later[inv[later] == inv[i]]
+                    if len(same):
+                        action[same], masq[same] = _CODE[d.action], d.masquerade
+                        if d.backend is not None:
+                            bip[same], bport[same] = ipv4.aton(d.backend[0]), d.backend[1]
+                        if want_explain is not None and d.action == DNAT:
+                            for k in same[want_explain[same]].tolist():
+                                explain[k] = d.explain
+                        rest = np.concatenate([rest[:pos], later[inv[later] != inv[i]]])
+                if fill and pos < len(rest) and self._one_run(u, inv, rest[pos:], src, hook, action, bip, bport,
+                                                              masq, explain, want_explain, dst, dport):
+                    break
                 continue
             if info[0] == "static":
                 self._apply(i, info[1], action, bip, bport, masq, explain, want_explain)
@@ -137,6 +159,39 @@ class Decider:
             pos = end
         return action, bip, bport, masq, explain
 
+    def _one_run(self, u, inv, rest, src, hook, action, bip, bport, masq, explain, want_explain, dst, dport):
+        """All the remaining packets at once when every key among them is known
+        as "random" with the same endpoint count: one run, one draw of the
+        proxy's stream for all (as the loop below would do). False otherwise."""
+        js = np.unique(inv[rest]).tolist()
+        infos = {}
+        for j in js:
+            a, c = u[j].tolist()
+            info = self._cache.get((a >> 32, c >> 16, a & 0xFFFFFFFF, c & 0xFFFF, hook))
+            if info is None or info[0] != "random":
+                return False
+            infos[j] = info
+        count = {len(info[1]) for info in infos.values()}
+        if len(count) != 1:
+            return False
+        n_eps = count.pop()
+        picks = self.kp._rng.integers(n_eps, size=len(rest)) if n_eps > 1 else np.zeros(len(rest), np.int64)
+        for j, (_, eps, base_masq, what) in infos.items():
+            sel = inv[rest] == j
+            k = rest[sel]
+            pk = picks[sel]
+            ips = np.array([ipv4.aton(ep.ip) for ep in eps], np.uint32)
+            ports = np.array([ep.port for ep in eps], np.uint16)
+            action[k], bip[k], bport[k] = A_DNAT, ips[pk], ports[pk]
+            masq[k] = base_masq | (src[k] == ips[pk])
+            if want_explain is not None:
+                for kk, p in zip(k.tolist(), pk.tolist()):
+                    if want_explain[kk]:
+                        ep = eps[p]
+                        explain[kk] = (f"DNAT {ipv4.ntoa(int(dst[kk]))}:{int(dport[kk])} -> {ep.ip}:{ep.port} "
+                                       f"via {ep.chain} [{what}]" + ("; masquerade" if masq[kk] else ""))
+        return True
+
     @staticmethod
     def _apply(i, d, action, bip, bport, masq, explain, want_explain) -> None:
         action[i] = _CODE[d.action]
@@ -145,3 +200,13 @@ class Decider:
             bip[i], bport[i] = ipv4.aton(d.backend[0]), d.backend[1]
         if want_explain is not None and want_explain[i]:
             explain[i] = d.explain
+
+
+class _Keys:
+    """(src, proto, dst, dport) of packet i, on demand."""
+
+    def __init__(self, src, proto, dst, dport):
+        self.cols = (src, proto, dst, dport)
+
+    def __getitem__(self, i):
+        return tuple(int(c[i]) for c in self.cols)

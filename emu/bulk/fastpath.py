@@ -107,6 +107,9 @@ class Batch:
 
     def release(self, idx) -> None:
         idx = np.asarray(idx, np.int64)
+        if self.said:  # what NAT said about a packet goes with it
+            for i in idx[np.isin(idx, np.fromiter(self.said.keys(), np.int64, len(self.said)))].tolist():
+                del self.said[i]
         self._free[self._nfree:self._nfree + len(idx)] = idx[::-1]
         self._nfree += len(idx)
 
@@ -130,6 +133,8 @@ class FastPath:
         self.batch = Batch(max_frame)
         self._work: dict[int, list] = {}
         self._seq = 0
+        self._maps: dict = {}
+        self._note_tables: dict = {}
 
     # -- bookkeeping -------------------------------------------------------------
     def note(self, key, make) -> int:
@@ -146,26 +151,44 @@ class FastPath:
             self._texts.append(text)
         return c
 
+    def _dense_notes(self, table, keys, make) -> np.ndarray:
+        """Note ids for small non-negative int keys, through a dense array per
+        `table` (the same ids as self.note(key...) would give: make(u) is asked
+        once per key)."""
+        keys = np.asarray(keys, np.int64)
+        if not len(keys):
+            return np.zeros(0, np.int32)
+        top = int(keys.max())
+        tab = self._note_tables.get(table)
+        if tab is None or top >= len(tab):
+            new = np.full(max(top + 1, 2 * len(tab) if tab is not None else 64), -1, np.int32)
+            if tab is not None:
+                new[:len(tab)] = tab
+            tab = self._note_tables[table] = new
+        ids = tab[keys]
+        miss = ids < 0
+        if miss.any():
+            for u in np.unique(keys[miss]).tolist():
+                tab[u] = make(u)
+            ids = tab[keys]
+        return ids
+
     def _route_notes(self, ns, routes, forwarded, ctinfo) -> np.ndarray:
         key = routes.astype(np.int64) * 8 + ctinfo.astype(np.int64)
-        uniq, inv = np.unique(key, return_inverse=True)
-        ids = np.array([self.note(("route", ns.name, int(u) // 8, forwarded, int(u) % 8),
-                                  lambda u=int(u): ns._with_ct(f"{ns.name}: {'forward' if forwarded else 'send'} "
-                                                              f"via route {ns.routes[u // 8].text(ns)}", u % 8))
-                        for u in uniq.tolist()], np.int32)
-        return ids[inv.reshape(-1)] if len(uniq) else np.zeros(0, np.int32)
+        return self._dense_notes(("route", ns.name, forwarded), key, lambda u: self.note(
+            ("route", ns.name, u // 8, forwarded, u % 8),
+            lambda: ns._with_ct(f"{ns.name}: {'forward' if forwarded else 'send'} "
+                                f"via route {ns.routes[u // 8].text(ns)}", u % 8)))
 
     def _first_notes(self, ns, codes, ctinfo) -> np.ndarray:
         key = codes.astype(np.int64) * 8 + ctinfo.astype(np.int64)
-        uniq, inv = np.unique(key, return_inverse=True)
-        ids = np.array([self.note(("first", ns.name, int(u)), lambda u=int(u): ns._with_ct(self._texts[u // 8], u % 8))
-                        for u in uniq.tolist()], np.int32)
-        return ids[inv.reshape(-1)] if len(uniq) else np.zeros(0, np.int32)
+        return self._dense_notes(("first", ns.name), key, lambda u: self.note(
+            ("first", ns.name, u), lambda: ns._with_ct(self._texts[u // 8], u % 8)))
 
     def _neighbours(self, ns, out_if, nexthop):
         """MAC and resolved flag per (interface, next hop)."""
         key = (out_if.astype(np.uint64) << np.uint64(32)) | nexthop.astype(np.uint64)
-        uniq, inv = np.unique(key, return_inverse=True)
+        uniq, inv = _inverse(key)
         macs = np.zeros(len(uniq), np.uint64)
         ok = np.zeros(len(uniq), bool)
         for j, u in enumerate(uniq.tolist()):
@@ -245,12 +268,12 @@ class FastPath:
         if not ok.all():
             bad = ~ok
             owners = device_of[ports[bad]]
-            for dev in np.unique(owners).tolist():
+            for dev in _values(owners):
                 self.drop(self.engine.devices[dev], idx[bad][owners == dev], Drop.LINK_DOWN)
             ports, idx, times, dst = ports[ok], idx[ok], times[ok], dst[ok]
         arrive = times + latency[ports]
         owner = device_of[dst]
-        for dev in np.unique(owner).tolist():
+        for dev in _values(owner):
             sel = owner == dev
             self._push(dev, dst[sel], idx[sel], arrive[sel])
 
@@ -297,8 +320,9 @@ class FastPath:
                 self._work[dev_id] = [(ports[later], idx[later], times[later], seqs[later])]
                 now = ~later
                 ports, idx, times, seqs = ports[now], idx[now], times[now], seqs[now]
-        order = np.lexsort((seqs, times))
-        ports, idx, times = ports[order], idx[order], times[order]
+        if len(items) > 1 or (len(times) > 1 and not (np.diff(times) >= 0).all()):
+            order = np.lexsort((seqs, times))
+            ports, idx, times = ports[order], idx[order], times[order]
         device = self.engine.devices[dev_id]
         sends = ports < 0
         if sends.any():
@@ -438,11 +462,15 @@ class FastPath:
             if not source:
                 b.has_dnat[idx] = False
             return verdict
-        recs = table.conns[conn[tracked]]
-        first = (b.ctinfo[idx[tracked]] == NEW) & (recs["orig_src"] == h.ip_src[tracked]) \
-            & (recs["orig_sport"] == h.sport[tracked])
+        nt = tracked[b.ctinfo[idx[tracked]] == NEW]
+        if len(nt) and not self._may_bind(nat, idx[nt], source):
+            nt = nt[:0]  # no rule target for any of them: nothing to bind (as _bind would find)
+        c_nt = conn[nt]
+        conns = table.conns
         bit = ct.IPS_SRC_NAT if source else ct.IPS_DST_NAT
-        cand = tracked[first & ((recs["status"] & bit) == 0)]
+        first = (conns["orig_src"][c_nt] == h.ip_src[nt]) & (conns["orig_sport"][c_nt] == h.sport[nt]) \
+            & ((conns["status"][c_nt] & bit) == 0)
+        cand = nt[first]
         if len(cand):
             self._bind(ns, nat, idx, h, ifx, times, cand, source, verdict)
         if not source:
@@ -460,6 +488,18 @@ class FastPath:
             h.ip_src[k], h.ip_dst[k], h.sport[k], h.dport[k] = src[c], dst[c], sport[c], dport[c]
         return verdict
 
+    def _may_bind(self, nat, i, source) -> bool:
+        """Whether the NAT rule can give any of the packets i a binding (the
+        early returns of _bind, before looking at their connections)."""
+        b = self.batch
+        if not source:
+            return nat.dnat_rule is not None and bool(b.has_dnat[i].any())
+        if nat.snat_rule is None:
+            return False
+        plain = isinstance(getattr(nat.snat_rule, "__self__", None), Proxier) or \
+            getattr(nat.snat_rule, "__func__", nat.snat_rule) is Proxier._masquerade
+        return not plain or bool((b.mark[i] & MASQ_MARK).any())
+
     def _bind(self, ns, nat, idx, h, ifx, times, cand, source, verdict) -> None:
         """Nat._new for the first packets of connections: the rule's target,
         then the connection's reply tuple rewritten (kernels.flow.renat)."""
@@ -467,13 +507,13 @@ class FastPath:
         table = ns.conntrack.table
         now = int(times.max())
         i = idx[cand]
+        if not self._may_bind(nat, i, source):
+            return
         conn = b.ct[i]
         recs = table.conns[conn]
         rsrc, rdst = recs["reply_src"].copy(), recs["reply_dst"].copy()
         rsport, rdport = recs["reply_sport"].copy(), recs["reply_dport"].copy()
         if not source:
-            if nat.dnat_rule is None:
-                return
             want = b.has_dnat[i]
             rsrc[want], rsport[want] = b.dnat_ip[i][want], b.dnat_port[i][want]
             b.has_dnat[i] = False
@@ -485,8 +525,7 @@ class FastPath:
                     getattr(nat.snat_rule, "__func__", nat.snat_rule) is not Proxier._masquerade:
                 want = np.array([nat.snat_rule(ns, _tuple(recs[k]), int(ifx[cand[k]]), int(b.mark[i[k]]))
                                  is not None for k in range(len(i))], bool)
-            addrs = np.array([(ns.ifaces[int(x)].addrs[0][0] if ns.ifaces[int(x)].addrs else 0)
-                              for x in ifx[cand].tolist()], np.uint32)
+            addrs = np.array([(x.addrs[0][0] if x.addrs else 0) for x in ns.ifaces], np.uint32)[ifx[cand]]
             want &= addrs != 0
             rdst[want] = addrs[want]
             w = np.nonzero(want)[0]
@@ -520,8 +559,18 @@ class FastPath:
 
     # -- netns: receive ------------------------------------------------------------------
     def _netns_receive(self, ns: Netns, ports, idx, times) -> np.ndarray:
-        ifx = np.array([ns._if_of_port[p] for p in ports.tolist()], np.int32)
-        return self._input(ns, ifx, idx, times)
+        return self._input(ns, self._port_map(ns, ns._if_of_port)[ports], idx, times)
+
+    def _port_map(self, dev, mapping) -> np.ndarray:
+        """A device's {engine port id: its own index} as a dense array (-1: none)."""
+        key = (dev.id, id(mapping))
+        got = self._maps.get(key)
+        if got is None or got[0] != len(mapping) or len(got[1]) < len(self.engine.ports):
+            arr = np.full(max(len(self.engine.ports), max(mapping, default=0) + 1), -1, np.int32)
+            for p, i in mapping.items():
+                arr[p] = i
+            got = self._maps[key] = (len(mapping), arr)
+        return got[1]
 
     def _slow_input(self, ns, ifx, idx, times) -> np.ndarray:
         slots = self.to_pool(idx)
@@ -575,7 +624,10 @@ class FastPath:
             notes[rejected] = self.engine.drop_notes(v[rejected])
             self.drop(ns, idx[rejected], v[rejected])
         ctinfo = b.ctinfo[idx].copy()
-        said = {k: b.said[int(i)] for k, i in enumerate(idx.tolist()) if int(i) in b.said} if b.said else {}
+        said = {}
+        if b.said:
+            keys = np.fromiter(b.said.keys(), np.int64, len(b.said))
+            said = {int(k): b.said[int(idx[k])] for k in np.nonzero(np.isin(idx, keys))[0].tolist()}
         local_addrs = np.array(sorted(ns._local), np.uint32)
         local = np.isin(h.ip_dst, local_addrs) | (h.ip_dst == 0xFFFFFFFF)
         lsel = np.nonzero(~rejected & local)[0]
@@ -584,14 +636,12 @@ class FastPath:
         fsel = np.nonzero(~rejected & ~local)[0]
         if len(fsel):
             notes[fsel] = self._forward(ns, ifx[fsel], idx[fsel], times[fsel], _take(h, fsel))
-        if ns.conntrack is not None:
-            t = np.nonzero(ctinfo)[0]
+        if ns.conntrack is not None:  # (notes are read for captured packets only)
+            t = np.nonzero((ctinfo != 0) & b.cap[idx])[0]
             if len(t):
                 key = notes[t].astype(np.int64) * 8 + ctinfo[t]
-                uniq, inv = np.unique(key, return_inverse=True)
-                ids = np.array([self.note(("ct", int(u)), lambda u=int(u): ns._with_ct(self.engine.notes[u // 8], u % 8))
-                                for u in uniq.tolist()], np.int32)
-                notes[t] = ids[inv.reshape(-1)]
+                notes[t] = self._dense_notes("ct", key, lambda u: self.note(
+                    ("ct", u), lambda: ns._with_ct(self.engine.notes[u // 8], u % 8)))
         for k, text in said.items():
             b.said.pop(int(idx[k]), None)
             notes[k] = self.engine.note(f"{self.engine.notes[notes[k]]}; {text}")
@@ -614,12 +664,10 @@ class FastPath:
             mine = self.endpoints.owns_many(ns, b.flow[idx[rest]], h.ip_proto[rest], h.dport[rest])
             d = rest[mine]
             if len(d):
-                key = h.ip_proto[d].astype(np.int64) << 16 | h.dport[d]
-                uniq, inv = np.unique(key, return_inverse=True)
-                ids = np.array([self.note(("deliver", int(u)), lambda u=int(u): f"delivered to local socket proto "
-                                                                          f"{u >> 16} port {u & 0xFFFF}")
-                                for u in uniq.tolist()], np.int32)
-                notes[d] = ids[inv.reshape(-1)]
+                dc = d[b.cap[idx[d]]]  # notes are read for captured packets only
+                key = h.ip_proto[dc].astype(np.int64) << 16 | h.dport[dc]
+                notes[dc] = self._dense_notes("deliver", key, lambda u: self.note(
+                    ("deliver", u), lambda: f"delivered to local socket proto {u >> 16} port {u & 0xFFFF}"))
                 self.endpoints.deliver(b, idx[d], ns, times[d], _take(h, d))
                 b.release(idx[d])
             s = rest[~mine]
@@ -634,7 +682,9 @@ class FastPath:
     def _vxlan_input(self, ns, ifx, idx, times, h) -> np.ndarray:
         b = self.batch
         notes = np.zeros(len(idx), np.int32)
-        for (dport, vni) in set(zip(h.dport.tolist(), h.vni.tolist())):
+        for key in _values(h.dport.astype(np.int64) << 32 | (h.vni.astype(np.int64) & 0xFFFFFFFF)):
+            dport, vni = key >> 32, key & 0xFFFFFFFF
+            vni = vni - (1 << 32) if vni >= 1 << 31 else vni
             sel = np.nonzero((h.dport == dport) & (h.vni == vni))[0]
             dev = next((i for i in ns.ifaces if i.kind == "vxlan" and i.dstport == dport and i.vni == vni), None)
             if dev is None:
@@ -646,7 +696,7 @@ class FastPath:
             b.start[i] += inner
             b.length[i] -= inner
             src_ips = h.ip_src[sel]
-            for src in np.unique(src_ips).tolist():
+            for src in _values(src_ips):
                 k = sel[src_ips == src]
                 notes[k] = self.note(("decap", ns.name, dev.name, src),
                                      lambda: f"VXLAN decap VNI {dev.vni} from {ipv4.ntoa(src)} into {dev.name}")
@@ -678,7 +728,7 @@ class FastPath:
         if len(sel):
             i = idx[sel]
             rewrite.decrement_ttl(b.buf, b.start[i] + h.l3_off[sel].astype(np.int64))
-            notes[sel] = self._output(ns, i, times[sel], routes[sel], True)
+            notes[sel] = self._output(ns, i, times[sel], routes[sel], True, h=_take(h, sel))
         return notes
 
     # -- netns: output -------------------------------------------------------------------
@@ -708,14 +758,16 @@ class FastPath:
             self.drop(ns, idx[v != 0], v[v != 0])
         ok = v == 0
         firsts = self.endpoints.send_codes(self, b, idx[ok])
-        self._output(ns, idx[ok], times[ok], routes[ok], False, firsts)
+        self._output(ns, idx[ok], times[ok], routes[ok], False, firsts, h=_take(h, np.nonzero(ok)[0]))
 
-    def _output(self, ns, idx, times, routes, forwarded, first_codes=None) -> np.ndarray:
+    def _output(self, ns, idx, times, routes, forwarded, first_codes=None, h=None) -> np.ndarray:
+        """h: the packets' headers as the earlier hooks left them (NAT keeps the
+        tuple columns coherent; TTL and checksums are not read here), or None."""
         b = self.batch
         eng = self.engine
-        n = len(idx)
         notes = self._route_notes(ns, routes, forwarded, b.ctinfo[idx])
-        h = parse.parse(b.buf, b.start[idx], b.length[idx], ())
+        if h is None:
+            h = parse.parse(b.buf, b.start[idx], b.length[idx], ())
         route_dev = np.array([r.dev for r in ns.routes], np.int32)
         route_via = np.array([r.via for r in ns.routes], np.uint32)
         out_if = route_dev[routes]
@@ -757,23 +809,24 @@ class FastPath:
         else:
             notes = self._route_notes(ns, routes, forwarded, ctinfo)
         if b.said:
-            for k, i in enumerate(idx.tolist()):
-                text = b.said.pop(int(i), None)
+            keys = np.fromiter(b.said.keys(), np.int64, len(b.said))
+            for k in np.nonzero(np.isin(idx, keys))[0].tolist():
+                text = b.said.pop(int(idx[k]), None)
                 if text:
                     notes[k] = self.engine.note(f"{self.engine.notes[notes[k]]}; {text}")
-        for dev in np.unique(out_if).tolist():
+        for dev in _values(out_if):
             sel = np.nonzero(out_if == dev)[0]
             iface = ns.ifaces[dev]
             if iface.kind == "vxlan":
                 self.observe(iface.port.id, idx[sel], times[sel], notes[sel])
-                self._vxlan_output(ns, iface, idx[sel], times[sel])
+                self._vxlan_output(ns, iface, idx[sel], times[sel], macs[sel])
             else:
                 self.transmit(ns, iface.port.id, idx[sel], times[sel], notes[sel])
 
-    def _vxlan_output(self, ns, dev, idx, times) -> None:
+    def _vxlan_output(self, ns, dev, idx, times, eth_dst) -> None:
+        """eth_dst: the inner frames' destination MACs (as _finish set them)."""
         b = self.batch
-        h = parse.parse(b.buf, b.start[idx], b.length[idx], ())
-        um, minv = np.unique(h.eth_dst, return_inverse=True)
+        um, minv = _inverse(eth_dst)
         remote = np.array([dev.fdb.get(int(m), 0) for m in um.tolist()], np.uint32)[minv.reshape(-1)]
         miss = remote == 0
         if miss.any():
@@ -781,8 +834,12 @@ class FastPath:
         keep = np.nonzero(~miss)[0]
         if not len(keep):
             return
-        idx, times, h, remote = idx[keep], times[keep], _take(h, keep), remote[keep]
-        sport = hashing.udp_source_port(self._flow_hashes(idx, h), 0, 0)
+        idx, times, remote = idx[keep], times[keep], remote[keep]
+        fh = b.fhash[idx]
+        if not fh.all():
+            need = np.nonzero(fh == 0)[0]
+            fh[need] = self._flow_hashes(idx[need], parse.parse(b.buf, b.start[idx[need]], b.length[idx[need]], ()))
+        sport = hashing.udp_source_port(fh, 0, 0)
         rewrite.vxlan_encap(b.buf, b.start, b.length, idx.astype(np.int32), dev.local_ip, remote, sport,
                             dev.dstport, dev.vni, ipv4.DEFAULT_TTL, ns._next_ip_ids(len(idx)))
         b.ct[idx], b.ctinfo[idx] = -1, 0
@@ -798,7 +855,7 @@ class FastPath:
             return
         idx, times, routes, remote, out_if = idx[sel], times[sel], routes[sel], remote[sel], out_if[sel]
         key = routes.astype(np.int64) << 32 | remote.astype(np.int64)
-        uniq, inv = np.unique(key, return_inverse=True)
+        uniq, inv = _inverse(key)
         codes = np.array([self.code(f"VXLAN encap VNI {dev.vni} -> {ipv4.ntoa(u & 0xFFFFFFFF)}, "
                                     f"route {ns.routes[u >> 32].text(ns)}") for u in uniq.tolist()],
                          np.int64)[inv.reshape(-1)]
@@ -831,7 +888,7 @@ class FastPath:
         known_up = np.zeros(len(idx), bool)
         known_up[known] = up[where[known]]
         fast_host = from_host & unicast & known & known_up
-        ingress = np.array([br._index.get(p, -1) for p in ports.tolist()], np.int32)
+        ingress = self._port_map(br, br._index)[ports]
         fast_port = ~from_host & unicast & (macs.dst != np.uint64(fdbk.NO_MAC)) & \
             (((known & known_up) & (where != ingress)) | (where == fdbk.HOST_PORT))
         slow = ~fast_host & ~fast_port
@@ -839,7 +896,7 @@ class FastPath:
             s = np.nonzero(slow)[0]
             notes[s] = br.receive(self.engine, ports[s], self.to_pool(idx[s]), ftimes[s])
         s = np.nonzero(fast_host)[0]
-        for p in np.unique(where[s]).tolist():
+        for p in _values(where[s]):
             k = s[where[s] == p]
             out = br.bports[p]
             notes[k] = self.note(("brhost", br.name, p),
@@ -857,11 +914,11 @@ class FastPath:
                 notes[k] = self.engine.drop_notes(d.drop[drop])
                 self.drop(br, idx[k], d.drop[drop])
             fwd = (d.action & fdbk.FORWARD) != 0
-            for p in np.unique(d.out_port[fwd]).tolist():
+            for p in _values(d.out_port[fwd]):
                 m = fwd & (d.out_port == p)
                 k = s[m]
                 out = br.bports[p]
-                for q in np.unique(ingress[k]).tolist():
+                for q in _values(ingress[k]):
                     kk = k[ingress[k] == q]
                     inport = br.bports[q].name.split("/")[-1]
                     notes[kk] = self.note(("brfwd", br.name, q, p), lambda: f"bridge {br.name}: forward {inport} -> "
@@ -894,9 +951,11 @@ class FastPath:
         k, hh = bridged[ip], _take(h, ip)
         ifx = np.full(len(k), ns.iface(br.netfilter_ifname).index, np.int32)
         verdict = np.zeros(len(k), np.uint8)
-        for hook in ("PREROUTING", "FORWARD", "POSTROUTING"):
+        for hook in ("PREROUTING", "FORWARD", "POSTROUTING"):  # each hook sees what NAT did before it
             live = np.nonzero(verdict == 0)[0]
-            v = self._run_hook(ns, hook, idx[k][live], _take(hh, live), ifx[live], times[k][live])
+            hl = _take(hh, live)
+            v = self._run_hook(ns, hook, idx[k][live], hl, ifx[live], times[k][live])
+            _put(hh, live, hl)
             verdict[live] = v
         rej = np.nonzero(verdict)[0]
         d.action[k[rej]] = 0
@@ -913,7 +972,7 @@ class FastPath:
         slow = np.nonzero(~fast)[0]
         if len(slow):
             notes[slow] = lb.receive(self.engine, ports[slow], self.to_pool(idx[slow]), times[slow])
-        for vip in np.unique(h.ip_dst[fast]).tolist():
+        for vip in _values(h.ip_dst[fast]):
             k = np.nonzero(fast & (h.ip_dst == vip))[0]
             nodes, table = lb.vips[vip]
             fl = hashing.flow_hash(h.ip_src[k], h.ip_dst[k], h.sport[k], h.dport[k], h.ip_proto[k], 0)
@@ -927,7 +986,7 @@ class FastPath:
                 notes[k[ttl]] = self.note("lbttl", lambda: "drop: TTL_EXCEEDED")
                 self.drop(lb, idx[k[ttl]], Drop.TTL_EXCEEDED)
             go = ~none & ~ttl
-            for p in np.unique(pick[go]).tolist():
+            for p in _values(pick[go]):
                 kk = k[go & (pick == p)]
                 name, mac = nodes[p]
                 i = idx[kk]
@@ -940,11 +999,58 @@ class FastPath:
         return notes
 
 
+def _values(x) -> list:
+    """The distinct values of x, ascending (np.unique without a sort when
+    they are all the same, the common case)."""
+    if not len(x):
+        return []
+    if (x == x[0]).all():
+        return [x[0].item()]
+    return np.unique(x).tolist()
+
+
+def _inverse(x):
+    """(distinct values, inverse), as np.unique(return_inverse=True), without a
+    sort when they are all the same."""
+    if len(x) and (x == x[0]).all():
+        return x[:1], np.zeros(len(x), np.int64)
+    uniq, inv = np.unique(x, return_inverse=True)
+    return uniq, inv.reshape(-1)
+
+
+def _rows(h):
+    """The record array behind a Headers' columns (parse writes one record per
+    frame and the columns are views of it), or None."""
+    base = h[0].base
+    if not isinstance(base, np.ndarray):
+        return None
+    if base.dtype == parse._ROW:
+        rows = base
+    elif base.dtype == np.uint8 and base.ndim == 1 and len(base) == len(h[0]) * parse._ROW.itemsize:
+        rows = base.view(parse._ROW)
+    else:
+        return None
+    return rows if len(rows) == len(h[0]) else None
+
+
 def _take(h, index) -> parse.Headers:
+    if len(index) == len(h[0]) and (len(index) == 0 or (index[0] == 0 and index[-1] == len(index) - 1
+                                                        and index.dtype != bool)):
+        if not len(index) or np.array_equal(index, np.arange(len(index))):
+            return h
+    rows = _rows(h)
+    if rows is not None:
+        return parse._headers(rows[index])
     return parse.Headers(*(col[index] for col in h))
 
 
 def _put(h, index, part) -> None:
+    if part is h:
+        return
+    rows, prow = _rows(h), _rows(part)
+    if rows is not None and prow is not None:
+        rows[index] = prow
+        return
     for col, p in zip(h, part):
         col[index] = p
 

@@ -13,10 +13,15 @@ on the underlay).
 What a flow is (packets = K):
 - TCP: handshake (SYN, SYN-ACK, ACK), K data segments of `payload` bytes
   client -> server each acknowledged by the server, teardown (FIN, FIN-ACK,
-  ACK): 2K + 6 packets, each sent when the previous one arrives (no
-  retransmission: a lost packet ends the flow, counted as broken).
+  ACK): 2K + 6 packets, each sent when the previous one arrives. A SYN
+  without a SYN-ACK is sent again as Linux does (initial RTO 1 s doubling,
+  tcp_syn_retries = 6: at 1, 3, 7, 15, 31 and 63 s; the connect fails at
+  127 s); any other lost packet ends the flow, counted as broken.
 - UDP: K datagrams client -> server, `interval_ns` apart, each echoed by the
-  server: 2K packets (open loop: a lost datagram does not stop the flow).
+  server: 2K packets (open loop: a lost datagram does not stop the flow;
+  the flow is completed when its last echo arrives, broken otherwise).
+
+Every flow ends completed or broken: completed + broken == flows.
 
 The server side answers from the backend that received the flow, to the
 address it saw (after NAT), as a socket would. A packet reaching another
@@ -52,6 +57,8 @@ from kernels import flow as fk
 TCP, UDP = 6, 17
 SYN, ACK, FIN, PSH = 0x02, 0x10, 0x01, 0x08
 _SALT = 0x5DEECE66D
+SYN_RTO_NS = 1_000_000_000      # TCP_TIMEOUT_INIT
+SYN_RETRIES = 6                 # net.ipv4.tcp_syn_retries
 
 
 @dataclass
@@ -255,6 +262,8 @@ class Traffic:
         self.peer_port = np.zeros(n, np.uint16)
         self.done = np.zeros(n, bool)
         self.broken = np.zeros(n, bool)
+        self.c_got = np.full(n, -1, np.int64)     # TCP: the last step the client received
+        self.syn_tries = np.zeros(n, np.int64)    # SYNs sent again
 
     def _capture(self, capture) -> None:
         if capture in ("off", None, False, 0):
@@ -362,9 +371,9 @@ class Traffic:
 
     def dropped(self, batch, idx) -> None:
         f = batch.flow[idx]
-        f = f[f >= 0]
+        keep = (f >= 0) & (batch.step[idx] != 0)  # a lost SYN is sent again (_syn_checks)
         if self.proto == TCP:
-            self.broken[f] = True
+            self.broken[f[keep]] = True
 
     def handed_off(self, batch, idx) -> None:
         for f in np.unique(batch.flow[idx]).tolist():
@@ -407,6 +416,10 @@ class Traffic:
             fc, sc, t = f[at_client], s[at_client], times[at_client]
             np.add.at(self.echoes, fc, 1)
             if self.proto == TCP:
+                # a second SYN-ACK (the server answering a retransmitted SYN) is not news
+                new = sc > self.c_got[fc]
+                fc, sc, t = fc[new], sc[new], t[new]
+                np.maximum.at(self.c_got, fc, sc)
                 nxt = sc + 1
                 live = (nxt < self.steps) & ~self.broken[fc]
                 self._schedule(fc[live], nxt[live], t[live])
@@ -418,8 +431,52 @@ class Traffic:
         if self.mode == "interactive":
             for fi, si, ti in zip(f.tolist(), s.tolist(), t.tolist()):
                 self._send_one(fi, si, ti)
+                if si == 0 and self.proto == TCP:
+                    self.eng.at(ti + (SYN_RTO_NS << int(self.syn_tries[fi])), self._syn_timer(fi))
             return
         self._pending.append((np.asarray(f, np.int64), np.asarray(s, np.int64), np.asarray(t, np.int64)))
+
+    # -- SYN retransmission ---------------------------------------------------------------------
+    def _syn_due(self, f, t):
+        """Retransmission timers that fire for flows f at times t: the flows
+        still without a SYN-ACK send their SYN again, or give up after the last
+        retry. Returns the (flows, times) to send again."""
+        waiting = (self.c_got[f] < 1) & ~self.broken[f] & ~self.done[f]
+        f, t = f[waiting], t[waiting]
+        last = self.syn_tries[f] >= SYN_RETRIES
+        self.broken[f[last]] = True
+        f, t = f[~last], t[~last]
+        self.syn_tries[f] += 1
+        self.syn_sent += len(f)
+        self.total += len(f)      # the progress bar counts them too
+        return f, t
+
+    def _syn_timer(self, f):
+        def fire(engine):
+            again, t = self._syn_due(np.array([f], np.int64), np.array([engine.now], np.int64))
+            if len(again):
+                self._schedule(again, np.zeros(len(again), np.int64), t)
+        return fire
+
+    def _syn_checks_due(self, end) -> None:
+        """Bulk: the SYN timers before `end`, in one go."""
+        f, t = self._checks
+        due = t < end
+        if not due.any():
+            return
+        self._checks = (f[~due], t[~due])
+        again, at = self._syn_due(f[due], t[due])
+        if len(again):
+            self._schedule(again, np.zeros(len(again), np.int64), at)
+
+    def _next_check(self):
+        f, t = self._checks
+        if not len(f):
+            return None
+        live = (self.c_got[f] < 1) & ~self.broken[f] & ~self.done[f]
+        if not live.all():
+            self._checks = f, t = f[live], t[live]
+        return int(t.min()) if len(t) else None
 
     # -- sockets for packets that took the interactive devices -------------------------------
     def _bind_servers(self) -> None:
@@ -469,16 +526,25 @@ class Traffic:
         src, dst, sport, dport, ipid = self._parse(frame, l3)
         hits = np.nonzero((self.f_ns == ns.id) & (self.f_sport == dport))[0]
         if not len(hits):
+            self._pass_on(ns, (self.proto, dport), frame, l3, t)
             return
         f = int(hits[0])
         s = (ipid - int(self.ipid_s[f])) & 0xFFFF
         self._arrived(np.array([f]), np.array([s]), np.array([t], np.int64), ns, np.array([src], np.uint32),
                       np.array([sport], np.uint16), np.array([dst], np.uint32), np.array([dport], np.uint16))
 
+    def _pass_on(self, ns, key, frame, l3, t) -> None:
+        """A packet for a port the traffic borrowed that is not one of its
+        flows: to whatever was bound there before (an app in the pod)."""
+        before = next((b for n, k, b in self._bound if n is ns and k == key), None)
+        if before is not None:
+            before(ns, frame, l3, t)
+
     def _server_handler(self, ns, frame, l3, t) -> None:
         src, dst, sport, dport, ipid = self._parse(frame, l3)
         f = self._flow_of_peer(src, sport, dst, dport)
-        if f < 0:
+        if f < 0:  # not a bulk flow (a curl during the traffic): the pod's own server
+            self._pass_on(ns, (self.proto, dport), frame, l3, t)
             return
         s = (ipid - int(self.ipid_c[f])) & 0xFFFF
         self._arrived(np.array([f]), np.array([s]), np.array([t], np.int64), ns, np.array([src], np.uint32),
@@ -548,6 +614,8 @@ class Traffic:
         self.moved = 0
         self._last = self.eng.now
         self.echoes = np.zeros(self.n, np.int64)
+        self.syn_sent = 0
+        self._checks = (np.zeros(0, np.int64), np.zeros(0, np.int64))
         self._bind_servers()
         for t, change in self._events:
             eng.at(t, self._event(change))
@@ -578,6 +646,7 @@ class Traffic:
             self._pending = [first]
             self._loop(progress)
         virtual = max(self._last - v0, 0)
+        self.broken |= ~self.done   # a flow that did not finish is broken: none is silently lost
         for ns, key, before in reversed(self._bound):  # give the ports back as they were
             if before is None:
                 ns.sockets.pop(key, None)
@@ -604,13 +673,16 @@ class Traffic:
             pend_t = min((int(p[2].min()) for p in self._pending if len(p[2])), default=None)
             te = eng._next_packet_time()
             tt = eng._timers[0][0] if eng._timers else None
-            cands = [x for x in (pend_t, te, tt, self.fast.next_time()) if x is not None]
+            tc = self._next_check()
+            cands = [x for x in (pend_t, te, tt, tc, self.fast.next_time()) if x is not None]
             if not cands:
                 break
             t = min(cands)
             end = t + w
             if tt is not None and tt > t:
                 end = min(end, tt)
+            if tc is not None and tc < end:
+                self._syn_checks_due(end)
             eng.run(until_ns=end - 1)
             while self._take(end):
                 self.fast.run(until=end)
@@ -636,6 +708,12 @@ class Traffic:
             return None
         order = np.lexsort((f, t))
         f, s, t = f[order], s[order], t[order]
+        if self.proto == TCP:
+            syn = s == 0
+            if syn.any():
+                fs = f[syn]
+                self._checks = (np.concatenate([self._checks[0], fs]),
+                                np.concatenate([self._checks[1], t[syn] + (SYN_RTO_NS << self.syn_tries[fs])]))
         n = len(f)
         b = self.fast.batch
         idx = b.alloc(n)

@@ -38,11 +38,11 @@ class Taps:
         return self._tapped[ports]
 
     def _reserve(self, n: int, nbytes: int) -> None:
-        while self.count + n > len(self._cols["start"]):
+        if self.count + n > len(self._cols["start"]):
             for k, v in self._cols.items():
-                self._cols[k] = np.concatenate([v, np.zeros_like(v)])
-        while self._used + nbytes > len(self.buf):
-            self.buf = np.concatenate([self.buf, np.zeros_like(self.buf)])
+                self._cols[k] = _grown(v, self.count + n, self.count)
+        if self._used + nbytes > len(self.buf):
+            self.buf = _grown(self.buf, self._used + nbytes, self._used)
 
     def record(self, engine, ports, slots, times, notes=None) -> np.ndarray | None:
         """Copy the frames of `slots` seen on `ports` (only tapped ones); returns record indices."""
@@ -127,3 +127,11 @@ class Taps:
                 w.write_batch(self.buf, r["start"][sel], r["length"][sel], r["time"][sel])
             paths.append(path)
         return paths
+
+
+def _grown(a: np.ndarray, need: int, used: int) -> np.ndarray:
+    """`a` with room for `need` items (at least double), its first `used` kept;
+    the rest is left unwritten (np.empty: no zero-filling of memory we overwrite)."""
+    out = np.empty(max(need, 2 * len(a)), a.dtype)
+    out[:used] = a[:used]
+    return out

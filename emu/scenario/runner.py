@@ -168,9 +168,9 @@ class Run:
             if nxt and step.wait:
                 self._schedule(i + 1, self.engine.now)
 
-        self.kinds[step.kind][1](self, step, self.params[i], done)
-        if nxt and not step.wait:
+        if nxt and not step.wait:  # first: a traffic step runs the clock itself while it lasts
             self._schedule(i + 1, self.engine.now)
+        self.kinds[step.kind][1](self, step, self.params[i], done)
 
 
 def run(scenario: Scenario, output: str | Path | None = None, pcap_dir: str | Path | None = None,

@@ -72,6 +72,8 @@ def traffic_start(run, step: Step, p: dict, done) -> None:
                 failures.append(problem)
     total = sum(report.backends.values()) or 1
     spread = ", ".join(f"{b.split(' ')[0]} {100 * n / total:.0f}%" for b, n in sorted(report.backends.items()))
+    lost = report.packets - report.delivered
     outcome = (f"{report.flows} flows: {report.completed} completed, {report.broken} broken; "
-               f"{report.packets} packets, {report.pps / 1e6:.2f} M/s wall")
+               f"{report.packets} packets" + (f" ({lost} lost)" if lost else "")
+               + f", {report.pps / 1e6:.2f} M/s wall")
     done(Result(outcome, report.latency_ns[0] or None, spread, failures, report))
