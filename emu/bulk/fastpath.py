@@ -619,10 +619,7 @@ class FastPath:
         b = self.batch
         notes = np.zeros(len(idx), np.int32)
         v = self._run_hook(ns, "PREROUTING", idx, h, ifx, times)
-        rejected = v != 0
-        if rejected.any():
-            notes[rejected] = self.engine.drop_notes(v[rejected])
-            self.drop(ns, idx[rejected], v[rejected])
+        rejected = self._drop_verdicts(ns, idx, v, notes)
         ctinfo = b.ctinfo[idx].copy()
         said = {}
         if b.said:
@@ -647,14 +644,19 @@ class FastPath:
             notes[k] = self.engine.note(f"{self.engine.notes[notes[k]]}; {text}")
         return notes
 
+    def _drop_verdicts(self, ns, idx, verdicts, notes) -> np.ndarray:
+        """Drop the packets a hook refused (with their reason as the note); the mask of them."""
+        rejected = verdicts != 0
+        if rejected.any():
+            notes[rejected] = self.engine.drop_notes(verdicts[rejected])
+            self.drop(ns, idx[rejected], verdicts[rejected])
+        return rejected
+
     def _local_input(self, ns, ifx, idx, times, h) -> np.ndarray:
         b = self.batch
         notes = np.zeros(len(idx), np.int32)
         v = self._run_hook(ns, "INPUT", idx, h, ifx, times)
-        rejected = v != 0
-        if rejected.any():
-            notes[rejected] = self.engine.drop_notes(v[rejected])
-            self.drop(ns, idx[rejected], v[rejected])
+        rejected = self._drop_verdicts(ns, idx, v, notes)
         vx = ~rejected & ((h.flags & parse.VXLAN) != 0)
         vsel = np.nonzero(vx)[0]
         if len(vsel):

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from emu.bulk.fastpath import Batch, FastPath
+from emu.bulk.fastpath import FastPath
 from emu.errors import EmuError
 from emu.wire import ipv4
 from kernels import conntrack as ct

@@ -49,7 +49,7 @@ from emu.model.selectors import LabelSelector
 from emu.control.alloc import ServiceAllocator
 from emu.control.endpointslices import build_slices
 from emu.control.ipam import HostLocal, NodeCIDRs, node_ips
-from emu.control.state import ClusterState, NodeInfo, PodInfo, ServiceInfo
+from emu.control.state import ClusterState, NodeInfo, PodInfo
 from emu.control.workloads import (
     Scheduler, generate_name, replicaset_name, scale_down_order, template_hash,
 )

@@ -32,7 +32,6 @@ import numpy as np
 
 from kernels import conntrack as ct
 from kernels import parse
-from kernels.drop import Drop
 
 UNTRACKED, NEW, ESTABLISHED, RELATED, INVALID = 0, 1, 2, 3, 4
 CTINFO_NAMES = {UNTRACKED: "untracked", NEW: "NEW", ESTABLISHED: "ESTABLISHED",

@@ -137,7 +137,7 @@ class Nat:
         """Give connection c a new reply tuple: out of the hash and back in."""
         table = self.netns.conntrack.table
         state, expires = int(rec["state"]), int(rec["expires"])
-        mark, status = int(rec["mark"]), int(rec["status"])
+        mark = int(rec["mark"])
         ct.delete(table, np.array([c], np.int32))
         u = lambda v, d: np.array([v], d)  # noqa: E731
         ins = ct.insert(table, u(0, np.uint16), u(orig.src, np.uint32), u(orig.dst, np.uint32),
