@@ -37,6 +37,7 @@ import numpy as np
 
 from emu.bulk.decide import A_DNAT, A_DROP, A_REJECT, Decider
 from emu.control.kubeproxy import MASQ_MARK
+from emu.control.kubeproxy import NONE as KP_NONE
 from emu.control.proxier import Proxier
 from emu.dataplane.bridge import Bridge
 from emu.dataplane.conntrack import CTINFO_NAMES, NEW
@@ -46,7 +47,7 @@ from emu.dataplane.netns import Netns
 from emu.wire import ipv4
 from kernels import conntrack as ct
 from kernels import fdb as fdbk
-from kernels import flow, hashing, lpm, maglev, parse, rewrite
+from kernels import flow, hashing, lpm, maglev, netns_fast, parse, rewrite
 from kernels.drop import Drop
 
 HEADROOM = 128
@@ -618,7 +619,9 @@ class FastPath:
     def _ip_input(self, ns, ifx, idx, times, h) -> np.ndarray:
         b = self.batch
         notes = np.zeros(len(idx), np.int32)
-        v = self._run_hook(ns, "PREROUTING", idx, h, ifx, times)
+        v = self._prerouting_fused(ns, idx, h, times)
+        if v is None:
+            v = self._run_hook(ns, "PREROUTING", idx, h, ifx, times)
         rejected = self._drop_verdicts(ns, idx, v, notes)
         ctinfo = b.ctinfo[idx].copy()
         said = {}
@@ -729,9 +732,143 @@ class FastPath:
         sel = np.nonzero(~bad)[0]
         if len(sel):
             i = idx[sel]
-            rewrite.decrement_ttl(b.buf, b.start[i] + h.l3_off[sel].astype(np.int64))
-            notes[sel] = self._output(ns, i, times[sel], routes[sel], True, h=_take(h, sel))
+            hs = _take(h, sel)
+            if not self._forward_fused(ns, i, times[sel], routes[sel], hs):
+                rewrite.decrement_ttl(b.buf, b.start[i] + hs.l3_off.astype(np.int64))
+                notes[sel] = self._output(ns, i, times[sel], routes[sel], True, h=hs)
         return notes
+
+    # -- netns: the fused common case (kernels.netns_fast) ---------------------------------
+    # Each fused step replaces one call of the staged path for a whole group,
+    # only when the kernel's check finds every packet of the group to be the
+    # common case (otherwise the staged call runs, nothing having been
+    # touched); notes are not made: no packet of the group is captured.
+    def _fusable(self, ns, idx) -> bool:
+        b = self.batch
+        return len(idx) > 0 and ns.conntrack is not None and not b.said and \
+            (self.engine.taps is None or not b.cap[idx].any())
+
+    def _kinds(self, ns, hook) -> list:
+        return [self._hook_kind(ns, fn) for fn in ns.hooks[hook]]
+
+    def _static_none(self, proxier, hook, src, proto, dst, dport) -> bool:
+        """Whether kube-proxy's decision for every (src, proto, dst, dport) is
+        already known to be no action without masquerade (then deciding has
+        no effect at all: emu.bulk.decide)."""
+        if not len(src):
+            return True
+        d = self._decider(proxier)
+        d._fresh()
+        a = (src.astype(np.uint64) << np.uint64(32)) | dst.astype(np.uint64)
+        c = (proto.astype(np.uint64) << np.uint64(16)) | dport.astype(np.uint64)
+        if (a == a[0]).all() and (c == c[0]).all():
+            keys = [(int(a[0]), int(c[0]))]
+        else:
+            keys = np.unique(np.stack([a, c], axis=1), axis=0).tolist()
+        for ka, kc in keys:
+            info = d._cache.get((ka >> 32, kc >> 16, ka & 0xFFFFFFFF, kc & 0xFFFF, hook))
+            if info is None or info[0] != "static" or info[1].action != KP_NONE or info[1].masquerade:
+                return False
+        return True
+
+    def _prerouting_fused(self, ns, idx, h, times):
+        """PREROUTING (conntrack, kube-proxy, DNAT) for packets of live entries
+        that keep their state: the verdicts (all 0), or None (not fused)."""
+        b = self.batch
+        if not self._fusable(ns, idx) or self._kinds(ns, "PREROUTING") != ["conntrack", "proxier", "dnat"]:
+            return None
+        if b.has_dnat[idx].any():
+            return None
+        table = ns.conntrack.table
+        now = int(times.max())
+        src, dst = np.ascontiguousarray(h.ip_src), np.ascontiguousarray(h.ip_dst)
+        sport, dport = np.ascontiguousarray(h.sport), np.ascontiguousarray(h.dport)
+        proto, flags = np.ascontiguousarray(h.ip_proto), np.ascontiguousarray(h.tcp_flags)
+        ok, conn, direction, maybe_new = netns_fast.prerouting_check(table, src, dst, sport, dport, proto, flags,
+                                                                     now)
+        if not ok:
+            return None
+        if maybe_new.any():
+            m = np.nonzero(maybe_new)[0]
+            if not self._static_none(ns.hooks["PREROUTING"][1].__self__, "PREROUTING", src[m], proto[m], dst[m],
+                                     dport[m]):
+                return None
+        dst, dport = dst.copy(), dport.copy()
+        info = netns_fast.prerouting_apply(table, conn, direction, proto, flags, now, b.buf, b.start[idx],
+                                           np.ascontiguousarray(h.l3_off), np.ascontiguousarray(h.l4_off),
+                                           src, dst, sport, dport)
+        h.ip_dst[:], h.dport[:] = dst, dport
+        b.ct[idx], b.ctinfo[idx] = conn, info
+        b.has_dnat[idx] = False
+        return np.zeros(len(idx), np.uint8)
+
+    def _forward_fused(self, ns, idx, times, routes, h) -> bool:
+        """_output for forwarded packets (TTL still to decrement), VXLAN encap
+        and the outer OUTPUT hook included, when all are the common case."""
+        b = self.batch
+        if not self._fusable(ns, idx) or self._kinds(ns, "POSTROUTING") != ["snat"] \
+                or self._kinds(ns, "OUTPUT") != ["conntrack", "proxier", "dnat"]:
+            return False
+        nat = ns.hooks["POSTROUTING"][0].__self__
+        rule = nat.snat_rule
+        if rule is not None and not (isinstance(getattr(rule, "__self__", None), Proxier)
+                                     or getattr(rule, "__func__", rule) is Proxier._masquerade):
+            return False
+        vxs = [i for i in ns.ifaces if i.kind == "vxlan"]
+        if len(vxs) > 1:
+            return False
+        vx = vxs[0] if vxs else None
+        route_dev = np.array([r.dev for r in ns.routes], np.int32)
+        route_via = np.array([r.via for r in ns.routes], np.uint32)
+        if_mtu = np.array([i.mtu for i in ns.ifaces], np.int64)
+        if_vxlan = np.array([i.kind == "vxlan" for i in ns.ifaces], np.bool_)
+        if_macs = np.array([i.mac for i in ns.ifaces], np.uint64)
+        nbs = sorted(((k[0] << 32) | k[1], e.mac) for k, e in ns.neigh.items()
+                     if e.state in ("REACHABLE", "PERMANENT"))
+        nb_keys = np.array([k for k, _ in nbs], np.uint64)
+        nb_macs = np.array([m for _, m in nbs], np.uint64)
+        fdb = sorted(vx.fdb.items()) if vx is not None else []
+        fdb_keys = np.array([k for k, _ in fdb], np.uint64)
+        fdb_remote = np.array([r for _, r in fdb], np.uint32)
+        table = ns.conntrack.table
+        local_ip = vx.local_ip if vx is not None else 0
+        vport = vx.dstport if vx is not None else 0
+        src, dst = np.ascontiguousarray(h.ip_src), np.ascontiguousarray(h.ip_dst)
+        ok, fw = netns_fast.forward_check(
+            table, ns._fib_table(), routes, route_dev, route_via, if_mtu, if_vxlan, nb_keys, nb_macs, fdb_keys,
+            fdb_remote, vx.index if vx is not None else -1, local_ip, vport, src, dst,
+            np.ascontiguousarray(h.sport), np.ascontiguousarray(h.ip_proto), np.ascontiguousarray(h.ip_len),
+            b.ct[idx], b.ctinfo[idx], b.mark[idx], MASQ_MARK, b.fhash[idx], times, b.start[idx], b.length[idx],
+            50)
+        if not ok:
+            return False
+        if fw.o_new.any():
+            m = np.nonzero(fw.o_new)[0]
+            if not self._static_none(ns.hooks["OUTPUT"][1].__self__, "OUTPUT", np.full(len(m), local_ip, np.uint32),
+                                     np.full(len(m), 17, np.uint8), fw.remote[m], np.full(len(m), vport, np.uint16)):
+                return False
+        encap = fw.o_conn >= 0
+        ids = ns._next_ip_ids(int(encap.sum())) if encap.any() else np.zeros(0, np.uint16)
+        start, length = b.start[idx], b.length[idx]
+        netns_fast.forward_apply(table, fw, b.buf, start, length, np.ascontiguousarray(h.l3_off),
+                                 np.ascontiguousarray(h.l4_off), np.ascontiguousarray(h.ip_proto), dst,
+                                 np.ascontiguousarray(h.dport), nb_macs, if_macs, if_vxlan, ids, local_ip, vport,
+                                 vx.vni if vx is not None else 0, ipv4.DEFAULT_TTL)
+        b.start[idx], b.length[idx] = start, length
+        notes = np.zeros(len(idx), np.int32)
+        out_if = fw.out_if
+        for dev in _values(out_if):
+            s = np.nonzero(out_if == dev)[0] if len(out_if) > 1 and not (out_if == dev).all() else \
+                np.arange(len(out_if))
+            iface = ns.ifaces[dev]
+            if iface.kind == "vxlan":
+                oi = fw.o_if[s]
+                for od in _values(oi):
+                    k = s[oi == od]
+                    self.transmit(ns, ns.ifaces[od].port.id, idx[k], times[k], notes[k])
+            else:
+                self.transmit(ns, iface.port.id, idx[s], times[s], notes[s])
+        return True
 
     # -- netns: output -------------------------------------------------------------------
     def _send(self, ns, idx, times) -> None:
