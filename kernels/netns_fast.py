@@ -23,9 +23,9 @@ from kernels import conntrack as ct
 from kernels import flow
 from kernels import lpm
 from kernels._jit import jit
-from kernels.checksum import csum_replace16, csum_replace32, ipv4_header_checksum
+from kernels.checksum import csum_replace16, ipv4_header_checksum
 from kernels.hashing import udp_flow_src_port
-from kernels.rewrite import _get16, _get32, _put16, _put32
+from kernels.rewrite import _get16, _put16, _put32, nat_one
 
 OK = 0
 FAIL = 1
@@ -84,33 +84,6 @@ def _see(conns, c, d):
     """What a lookup's REPLY hit does to the entry (kernels.conntrack._live_match)."""
     if d == ct.REPLY and (conns[c].status & ct.IPS_SEEN_REPLY) == 0:
         conns[c].status |= ct.IPS_SEEN_REPLY
-
-
-@jit
-def _nat_one(buf, p, q, pr, src, dst, sport, dport):
-    """kernels.rewrite._nat for one packet (l3 at p, l4 at q)."""
-    old_src, old_dst = _get32(buf, p + 12), _get32(buf, p + 16)
-    new_src, new_dst = np.int64(src), np.int64(dst)
-    c = _get16(buf, p + 10)
-    c = csum_replace32(c, old_src, new_src)
-    c = csum_replace32(c, old_dst, new_dst)
-    _put16(buf, p + 10, c)
-    _put32(buf, p + 12, new_src)
-    _put32(buf, p + 16, new_dst)
-    if q < 0:
-        return
-    if pr == 6 or pr == 17:
-        at = q + 16 if pr == 6 else q + 6
-        udp = pr == 17
-        c = _get16(buf, at)
-        if not (udp and c == 0):
-            c = csum_replace32(c, old_src, new_src, udp)
-            c = csum_replace32(c, old_dst, new_dst, udp)
-            c = csum_replace16(c, _get16(buf, q), np.int64(sport), udp)
-            c = csum_replace16(c, _get16(buf, q + 2), np.int64(dport), udp)
-            _put16(buf, at, c)
-        _put16(buf, q, np.int64(sport))
-        _put16(buf, q + 2, np.int64(dport))
 
 
 @jit
@@ -200,7 +173,7 @@ def _pre_apply(conns, conn, direction, proto, flags, now, buf, start, l3_off, l4
             continue
         p = start[i] + np.int64(l3_off[i])
         q = start[i] + np.int64(l4_off[i])
-        _nat_one(buf, p, q, proto[i], src[i], ndst, sport[i], ndport)
+        nat_one(buf, p, q, proto[i], src[i], ndst, sport[i], ndport)
         dst[i] = ndst
         dport[i] = ndport
 
@@ -374,7 +347,7 @@ def _fwd_apply(conns, buf, start, length, l3_off, l4_off, proto, dst, dport, out
         buf[l3 + 8] = (np.int64(buf[l3 + 8]) - 1) & 0xFF
         _put16(buf, l3 + 10, csum_replace16(_get16(buf, l3 + 10), old, _get16(buf, l3 + 8)))
         if snat[i]:
-            _nat_one(buf, l3, p + np.int64(l4_off[i]), proto[i], nsrc[i], dst[i], nsport[i], dport[i])
+            nat_one(buf, l3, p + np.int64(l4_off[i]), proto[i], nsrc[i], dst[i], nsport[i], dport[i])
         f = out_if[i]
         _set_macs_one(buf, p, nb_macs[nb[i]], if_macs[f])
         if if_vxlan[f]:

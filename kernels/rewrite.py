@@ -173,41 +173,42 @@ def copy_ranges(src: np.ndarray, src_starts: np.ndarray, lengths: np.ndarray,
 
 
 @jit
+def nat_one(buf, p, q, pr, src, dst, sport, dport):
+    """NAT one packet in place: IPv4 header at p, L4 at q (-1: none)."""
+    old_src, old_dst = _get32(buf, p + 12), _get32(buf, p + 16)
+    new_src, new_dst = np.int64(src), np.int64(dst)
+    # the IPv4 header checksum covers the addresses
+    c = _get16(buf, p + 10)
+    c = csum_replace32(c, old_src, new_src)
+    c = csum_replace32(c, old_dst, new_dst)
+    _put16(buf, p + 10, c)
+    _put32(buf, p + 12, new_src)
+    _put32(buf, p + 16, new_dst)
+    if q < 0:
+        return  # a non-first fragment: no ports here
+    if pr == 6 or pr == 17:
+        at = q + 16 if pr == 6 else q + 6
+        udp = pr == 17
+        c = _get16(buf, at)
+        if not (udp and c == 0):  # UDP without a checksum stays without one
+            # the pseudo-header covers the addresses, the header the ports
+            c = csum_replace32(c, old_src, new_src, udp)
+            c = csum_replace32(c, old_dst, new_dst, udp)
+            c = csum_replace16(c, _get16(buf, q), np.int64(sport), udp)
+            c = csum_replace16(c, _get16(buf, q + 2), np.int64(dport), udp)
+            _put16(buf, at, c)
+        _put16(buf, q, np.int64(sport))
+        _put16(buf, q + 2, np.int64(dport))
+    elif pr == 1:
+        # ICMP queries: the id is the "port"; ICMP has no pseudo-header
+        _put16(buf, q + 2, csum_replace16(_get16(buf, q + 2), _get16(buf, q + 4), np.int64(sport)))
+        _put16(buf, q + 4, np.int64(sport))
+
+
+@jit
 def _nat(buf, l3, l4, proto, src, dst, sport, dport):
     for i in range(len(l3)):
-        p = l3[i]
-        q = l4[i]
-        old_src, old_dst = _get32(buf, p + 12), _get32(buf, p + 16)
-        new_src, new_dst = np.int64(src[i]), np.int64(dst[i])
-        # the IPv4 header checksum covers the addresses
-        c = _get16(buf, p + 10)
-        c = csum_replace32(c, old_src, new_src)
-        c = csum_replace32(c, old_dst, new_dst)
-        _put16(buf, p + 10, c)
-        _put32(buf, p + 12, new_src)
-        _put32(buf, p + 16, new_dst)
-        if q < 0:
-            continue  # a non-first fragment: no ports here
-        pr = proto[i]
-        if pr == 6 or pr == 17:
-            at = q + 16 if pr == 6 else q + 6
-            udp = pr == 17
-            c = _get16(buf, at)
-            if udp and c == 0:
-                pass  # UDP without a checksum stays without one
-            else:
-                # the pseudo-header covers the addresses, the header the ports
-                c = csum_replace32(c, old_src, new_src, udp)
-                c = csum_replace32(c, old_dst, new_dst, udp)
-                c = csum_replace16(c, _get16(buf, q), np.int64(sport[i]), udp)
-                c = csum_replace16(c, _get16(buf, q + 2), np.int64(dport[i]), udp)
-                _put16(buf, at, c)
-            _put16(buf, q, np.int64(sport[i]))
-            _put16(buf, q + 2, np.int64(dport[i]))
-        elif pr == 1:
-            # ICMP queries: the id is the "port"; ICMP has no pseudo-header
-            _put16(buf, q + 2, csum_replace16(_get16(buf, q + 2), _get16(buf, q + 4), np.int64(sport[i])))
-            _put16(buf, q + 4, np.int64(sport[i]))
+        nat_one(buf, l3[i], l4[i], proto[i], src[i], dst[i], sport[i], dport[i])
 
 
 def nat(buf, l3_offsets, l4_offsets, proto, src, dst, sport, dport) -> None:
