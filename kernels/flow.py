@@ -31,6 +31,7 @@ from kernels import _check
 from kernels import conntrack as ct
 from kernels._jit import jit
 from kernels.checksum import ipv4_header_checksum, l4_checksum
+from kernels.rewrite import _put16, _put32
 
 ETH, IPH, TCPH, UDPH = 14, 20, 20, 8
 TTL = 64
@@ -48,17 +49,6 @@ UDP_TIMEOUT, UDP_STREAM_TIMEOUT, ICMP_TIMEOUT, GENERIC_TIMEOUT = 30 * SEC, 120 *
 
 
 # --- frames --------------------------------------------------------------------
-
-@jit
-def _put16(buf, p, v):
-    buf[p] = (v >> 8) & 0xFF
-    buf[p + 1] = v & 0xFF
-
-
-@jit
-def _put32(buf, p, v):
-    _put16(buf, p, (v >> 16) & 0xFFFF)
-    _put16(buf, p + 2, v & 0xFFFF)
 
 
 @jit

@@ -23,9 +23,9 @@ from kernels import conntrack as ct
 from kernels import flow
 from kernels import lpm
 from kernels._jit import jit
-from kernels.checksum import csum_replace16, ipv4_header_checksum
+from kernels.checksum import csum_replace16
 from kernels.hashing import udp_flow_src_port
-from kernels.rewrite import _get16, _put16, _put32, nat_one
+from kernels.rewrite import _get16, _put16, nat_one, vxlan_outer_one
 
 OK = 0
 FAIL = 1
@@ -102,39 +102,6 @@ def _set_macs_one(buf, p, d, s):
         shift = np.uint64(8 * (5 - b))
         buf[p + b] = (d >> shift) & np.uint64(0xFF)
         buf[p + 6 + b] = (s >> shift) & np.uint64(0xFF)
-
-
-@jit
-def _encap_one(buf, p, inner_len, src_ip, dst_ip, sport, dport, vni, ttl, ip_id):
-    """kernels.rewrite._vxlan_encap for one packet; p: the outer frame's start."""
-    for b in range(12):
-        buf[p + b] = 0
-    _put16(buf, p + 12, 0x0800)
-    ip = p + 14
-    buf[ip] = 0x45
-    buf[ip + 1] = 0
-    _put16(buf, ip + 2, 20 + 8 + 8 + inner_len)
-    _put16(buf, ip + 4, np.int64(ip_id))
-    _put16(buf, ip + 6, 0)
-    buf[ip + 8] = ttl
-    buf[ip + 9] = 17
-    _put32(buf, ip + 12, src_ip)
-    _put32(buf, ip + 16, np.int64(dst_ip))
-    _put16(buf, ip + 10, ipv4_header_checksum(buf, ip))
-    udp = ip + 20
-    _put16(buf, udp, np.int64(sport))
-    _put16(buf, udp + 2, dport)
-    _put16(buf, udp + 4, 8 + 8 + inner_len)
-    _put16(buf, udp + 6, 0)
-    vx = udp + 8
-    buf[vx] = 0x08
-    buf[vx + 1] = 0
-    buf[vx + 2] = 0
-    buf[vx + 3] = 0
-    buf[vx + 4] = (vni >> 16) & 0xFF
-    buf[vx + 5] = (vni >> 8) & 0xFF
-    buf[vx + 6] = vni & 0xFF
-    buf[vx + 7] = 0
 
 
 # --- PREROUTING ---------------------------------------------------------------------------
@@ -352,7 +319,7 @@ def _fwd_apply(conns, buf, start, length, l3_off, l4_off, proto, dst, dport, out
         _set_macs_one(buf, p, nb_macs[nb[i]], if_macs[f])
         if if_vxlan[f]:
             q = p - 50
-            _encap_one(buf, q, length[i], local_ip, remote[i], osport[i], vport, vni, ttl, ip_ids[j])
+            vxlan_outer_one(buf, q, length[i], local_ip, remote[i], osport[i], vport, vni, ttl, ip_ids[j])
             j += 1
             start[i] = q
             length[i] = length[i] + 50

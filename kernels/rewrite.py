@@ -80,40 +80,45 @@ def _get32(buf, p):
 
 
 @jit
+def vxlan_outer_one(buf, p, inner_len, src_ip, dst_ip, sport, dport, vni, ttl, ip_id):
+    """Write one VXLAN packet's outer headers (50 bytes) at p, before its inner frame."""
+    for b in range(12):          # outer MACs: filled by the neighbour output
+        buf[p + b] = 0
+    _put16(buf, p + 12, 0x0800)
+    ip = p + 14
+    buf[ip] = 0x45
+    buf[ip + 1] = 0              # TOS 0 (Linux vxlan default: tos 0)
+    _put16(buf, ip + 2, 20 + 8 + 8 + inner_len)
+    _put16(buf, ip + 4, np.int64(ip_id))
+    _put16(buf, ip + 6, 0)       # outer DF not set (vxlan "df unset")
+    buf[ip + 8] = ttl
+    buf[ip + 9] = 17
+    _put32(buf, ip + 12, src_ip)
+    _put32(buf, ip + 16, np.int64(dst_ip))
+    _put16(buf, ip + 10, ipv4_header_checksum(buf, ip))
+    udp = ip + 20
+    _put16(buf, udp, np.int64(sport))
+    _put16(buf, udp + 2, dport)
+    _put16(buf, udp + 4, 8 + 8 + inner_len)
+    _put16(buf, udp + 6, 0)      # zero UDP checksum over IPv4 (RFC 7348, Linux default)
+    vx = udp + 8
+    buf[vx] = 0x08               # I flag: VNI valid
+    buf[vx + 1] = 0
+    buf[vx + 2] = 0
+    buf[vx + 3] = 0
+    buf[vx + 4] = (vni >> 16) & 0xFF
+    buf[vx + 5] = (vni >> 8) & 0xFF
+    buf[vx + 6] = vni & 0xFF
+    buf[vx + 7] = 0
+
+
+@jit
 def _vxlan_encap(buf, start, length, slots, src_ip, dst_ips, sports, dport, vni, ttl, ip_ids):
     for i in range(len(slots)):
         s = slots[i]
         inner_len = length[s]
         p = start[s] - 50
-        for b in range(12):          # outer MACs: filled by the neighbour output
-            buf[p + b] = 0
-        _put16(buf, p + 12, 0x0800)
-        ip = p + 14
-        total = 20 + 8 + 8 + inner_len
-        buf[ip] = 0x45
-        buf[ip + 1] = 0              # TOS 0 (Linux vxlan default: tos 0)
-        _put16(buf, ip + 2, total)
-        _put16(buf, ip + 4, np.int64(ip_ids[i]))
-        _put16(buf, ip + 6, 0)       # outer DF not set (vxlan "df unset")
-        buf[ip + 8] = ttl
-        buf[ip + 9] = 17
-        _put32(buf, ip + 12, src_ip)
-        _put32(buf, ip + 16, np.int64(dst_ips[i]))
-        _put16(buf, ip + 10, ipv4_header_checksum(buf, ip))
-        udp = ip + 20
-        _put16(buf, udp, np.int64(sports[i]))
-        _put16(buf, udp + 2, dport)
-        _put16(buf, udp + 4, 8 + 8 + inner_len)
-        _put16(buf, udp + 6, 0)      # zero UDP checksum over IPv4 (RFC 7348, Linux default)
-        vx = udp + 8
-        buf[vx] = 0x08               # I flag: VNI valid
-        buf[vx + 1] = 0
-        buf[vx + 2] = 0
-        buf[vx + 3] = 0
-        buf[vx + 4] = (vni >> 16) & 0xFF
-        buf[vx + 5] = (vni >> 8) & 0xFF
-        buf[vx + 6] = vni & 0xFF
-        buf[vx + 7] = 0
+        vxlan_outer_one(buf, p, inner_len, src_ip, dst_ips[i], sports[i], dport, vni, ttl, ip_ids[i])
         start[s] = p
         length[s] = inner_len + 50
 

@@ -121,7 +121,6 @@ class Run:
         # progress(done, total, label, unit): steps as they start, a traffic step's packets
         self.progress = progress or (lambda done, total, label, unit="steps": None)
         self.reports: list[StepReport] = []
-        self._ip_to_pod: dict[str, str] | None = None
 
     # -- what steps ask of the run ----------------------------------------------------
     def pod_by_ip(self, ip: str) -> str:
