@@ -15,6 +15,8 @@ cni0, the backend's veth), in both directions.
   SYN-ACK, ACK, data, ACK, FIN, FIN-ACK, ACK), each a NEW conntrack entry
   and a kube-proxy DNAT decision on node-1;
 - baseline: the same flows, every packet through the interactive engine;
+- bulk runs use their defaults: the fast path for handshakes, the flow
+  cache (emu.bulk.flowcache) for the rest of each flow once learned;
 - baseline: Scapy building and dissecting the same packets (one build and one
   dissection per packet, no forwarding at all: a generous baseline).
 

@@ -537,7 +537,9 @@ def _refresh(entry, st, port, now):
         if entry.port != port:
             st.moved += 1
             entry.port = port
-        entry.updated = now
+            entry.updated = now
+        elif now > entry.updated:  # never back: a frame seen out of time order (emu.bulk's flow cache)
+            entry.updated = now
 
 
 @jit

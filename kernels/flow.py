@@ -216,6 +216,18 @@ def ct_open(proto, tcp_flags):
 
 
 @jit
+def _refresh(rec, state, expires):
+    """The new state and expiry; a packet that keeps the state never brings
+    the expiry forward. In time order that is plain assignment (the same
+    state gives the same timeout, or a longer one once a reply is seen); it
+    keeps the result the same when packets of a shared connection are
+    tracked out of time order (emu.bulk's flow cache runs ahead)."""
+    if np.int64(rec.state) != state or expires > rec.expires:
+        rec.expires = expires
+    rec.state = state
+
+
+@jit
 def _advance(conns, conn, direction, proto, flags, now, info):
     for i in range(len(conn)):
         c = conn[i]
@@ -235,8 +247,7 @@ def _advance(conns, conn, direction, proto, flags, now, info):
                 continue
             state = nxt
         assure = (p == 6 and (state & 0x7F) == TCP_ESTABLISHED) or (p != 6 and seen_reply)
-        rec.state = state
-        rec.expires = now + _timeout(p, state, seen_reply)
+        _refresh(rec, state, now + _timeout(p, state, seen_reply))
         if assure:
             rec.status |= ct.IPS_ASSURED
 

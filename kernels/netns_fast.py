@@ -72,8 +72,7 @@ def _advance_one(conns, c, d, proto, flags, now):
             return flow.INVALID
         state = nxt
     assure = (p == 6 and (state & 0x7F) == flow.TCP_ESTABLISHED) or (p != 6 and seen_reply)
-    rec.state = state
-    rec.expires = now + flow._timeout(p, state, seen_reply)
+    flow._refresh(rec, state, now + flow._timeout(p, state, seen_reply))
     if assure:
         rec.status |= ct.IPS_ASSURED
     return info

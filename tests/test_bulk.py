@@ -10,6 +10,7 @@ from emu.bulk import Traffic, set_conntrack_max
 from emu.cluster import Cluster
 from emu.model import load
 from emu.wire import ipv4
+from kernels import conntrack as ct
 from tests.tshark import problems
 
 APP = """\
@@ -84,25 +85,150 @@ def nat_entries(c):
             for name, n in c.fabric.nodes.items()}
 
 
+def outer_ids(frames):
+    """VXLAN frames' outer IPv4 id and header checksum blanked (bytes 18-19,
+    24-25), and the outer ids seen, per interface."""
+    blanked, ids = {}, {}
+    for name, seen in frames.items():
+        rows = []
+        for t, f in seen:
+            if len(f) > 64 and f[12:14] == b"\x08\x00" and f[23] == 17 and f[36:38] == (8472).to_bytes(2, "big"):
+                ids.setdefault(name, []).append(f[18:20])
+                f = f[:18] + bytes(2) + f[20:24] + bytes(2) + f[26:]
+            rows.append((t, f))
+        blanked[name] = sorted(rows)
+    return blanked, {k: sorted(v) for k, v in ids.items()}
+
+
+@pytest.mark.parametrize("flow_cache", [False, True])
 @pytest.mark.parametrize("proto,target,client,flows", [
     ("tcp", "web:80", "default/client", 6),                 # pod -> ClusterIP -> pods on both nodes
     ("tcp", "nodeport:node-2:30080", "external", 6),        # NodePort with masquerade
     ("udp", "web:53", "default/client", 3),
 ])
-def test_bulk_and_interactive_agree(tmp_path, proto, target, client, flows):
+def test_bulk_and_interactive_agree(tmp_path, proto, target, client, flows, flow_cache):
     runs = {}
     for mode in ("bulk", "interactive"):
         c = cluster(tmp_path)
-        t = Traffic(c, [client], target, protocol=proto, flows=flows, packets=2, capture="full", engine=mode,
-                    window_ns=1000, rate_pps=20_000)
+        t = Traffic(c, [client], target, protocol=proto, flows=flows, packets=4, capture="full", engine=mode,
+                    window_ns=1000, rate_pps=20_000, flow_cache=flow_cache)
         r = t.run()
         runs[mode] = (r, frames_by_interface(c), nat_entries(c))
     (rb, fb, nb), (ri, fi, ni) = runs["bulk"], runs["interactive"]
     assert rb.completed == ri.completed == flows and rb.broken == 0
     assert rb.backends == ri.backends and len(rb.backends) == 2       # same backends
     assert nb == ni                                                     # same NAT (conntrack tuples)
-    assert fb == fi                                                     # same bytes on every wire, same times
     assert rb.handed_off < rb.packets // 2                              # most packets took the fast path
+    if not flow_cache or proto == "udp":
+        assert rb.cached == 0
+        assert fb == fi                                                 # same bytes on every wire, same times
+    else:
+        # The flow cache carries each flow's data along its program, ahead of
+        # the other flows: the VXLAN outer IP ids (one counter per node) go
+        # to concurrent flows' packets in another order. The same ids, every
+        # other byte the same.
+        assert rb.cached >= flows * 4
+        assert fb != fi
+        assert outer_ids(fb) == outer_ids(fi)
+
+
+TUPLE = ["proto", "orig_src", "orig_dst", "orig_sport", "orig_dport", "zone"]
+
+
+def _tables(c):
+    """Conntrack records of every node, FDB entries and clocks of every
+    bridge, the nodes' IP id counters."""
+    from emu.dataplane.bridge import Bridge
+    from kernels import fdb as fdbk
+    cts = {n: node.ns.conntrack.table.conns.copy() for n, node in c.fabric.nodes.items()}
+    fdbs = {d.name: fdbk.entries(d.fdb) for d in c.engine.devices if isinstance(d, Bridge)}
+    ids = {n: node.ns._ip_id for n, node in c.fabric.nodes.items()}
+    return cts, fdbs, ids
+
+
+@pytest.mark.parametrize("settings,client,target", [
+    ("", "default/client", "web:80"),                                  # pods on both nodes, one local
+    ("", "external", "nodeport:node-1:30080"),                        # masquerade, back through node-1
+    ("kubeProxyMode: ipvs\nipvsScheduler: mh", "default/client", "web:80"),
+])
+def test_flow_cache_changes_nothing_but_time_resolution(tmp_path, settings, client, target):
+    """The same run with and without the flow cache (emu.bulk.flowcache):
+    same outcome, conntrack, FDB and IP id counters. Times of last use are
+    the one difference: the fast path refreshes a visit's packets at the
+    visit's latest time (conntrack) or the bridge's clock (FDB), the cache
+    each packet at its own; so the cache's are earlier, by less than the
+    window."""
+    out = {}
+    for flow_cache in (False, True):
+        c = cluster(tmp_path, replicas=3, settings=settings, capture=False)
+        warm(c, "web:80", "tcp")
+        t = Traffic(c, [client], target, protocol="tcp", flows=150, packets=12, rate_pps=3_000_000,
+                    flow_cache=flow_cache)
+        r = t.run()
+        out[flow_cache] = (r, _tables(c), t)
+    (r0, (ct0, fdb0, ids0), t0), (r1, (ct1, fdb1, ids1), t1) = out[False], out[True]
+    assert r1.cached > r1.packets * 0.8 and r0.cached == 0
+    for k in ("packets", "delivered", "flows", "completed", "broken", "backends", "drops", "conntrack",
+              "latency_ns", "virtual_ns"):
+        assert getattr(r0, k) == getattr(r1, k), k
+    assert r0.completed == r0.flows
+    assert np.array_equal(t0.echoes, t1.echoes) and np.array_equal(t0.c_got, t1.c_got)
+    assert ids0 == ids1
+    for name in fdb0:
+        a, b = fdb0[name], fdb1[name]
+        assert np.array_equal(a.mac, b.mac) and np.array_equal(a.port, b.port) and np.array_equal(a.local, b.local)
+        late = a.updated - b.updated            # the fast path's bridge clamps a visit to its clock
+        assert late.min() >= 0 and late.max() < 20_000, name            # Traffic's window: 20 us
+    for node in ct0:   # the same connections (in slots the order of inserts gave them)
+        a, b = (np.sort(x[(x["status"] & ct.IPS_CONFIRMED) != 0], order=TUPLE) for x in (ct0[node], ct1[node]))
+        assert len(a) == len(b) > 0
+        for field in a.dtype.names:
+            if field != "expires":
+                assert np.array_equal(a[field], b[field]), (node, field)
+        late = a["expires"].astype(np.int64) - b["expires"].astype(np.int64)
+        assert late.min() >= 0 and late.max() < 20_000, node
+
+
+def test_flow_cache_programs_are_dropped_when_tables_change(tmp_path):
+    """An event during the run (a backend deleted by kube-proxy's sync, with
+    the interactive engine's packets in between) drops every program: the
+    flows learn again, and all see what the fast path alone would."""
+    out = {}
+    for flow_cache in (False, True):
+        c = cluster(tmp_path, replicas=2, capture=False)
+        warm(c, "web:80", "tcp")
+        t = Traffic(c, ["default/client"], "web:80", protocol="tcp", flows=120, packets=30, rate_pps=2_000_000,
+                    flow_cache=flow_cache)
+        t.at(c.engine.now + 1_500_000, lambda cl: cl.fail_node("node-2"))
+        r = t.run()
+        out[flow_cache] = (r, t)
+    (r0, t0), (r1, t1) = out[False], out[True]
+    assert r1.cached > 0 and r1.broken > 0
+    for k in ("packets", "delivered", "completed", "broken", "backends", "drops"):
+        assert getattr(r0, k) == getattr(r1, k), k
+    assert np.array_equal(t0.broken, t1.broken) and np.array_equal(t0.srv_ns, t1.srv_ns)
+
+
+def test_flow_cache_with_sampled_capture(tmp_path):
+    """Every 3rd flow captured: its frames come from the cache's templates,
+    byte for byte what the fast path writes (but the VXLAN outer ids: see
+    test_bulk_and_interactive_agree), with the same comments."""
+    got = {}
+    for flow_cache in (False, True):
+        c = cluster(tmp_path)
+        warm(c, "web:80", "tcp")
+        t = Traffic(c, ["default/client"], "web:80", protocol="tcp", flows=30, packets=6, capture=3,
+                    rate_pps=500_000, flow_cache=flow_cache)
+        r = t.run()
+        taps = c.engine.taps
+        rec = taps.records()
+        notes = sorted((int(rec["time"][i]), taps._names[int(rec["port"][i])], c.engine.notes[int(rec["note"][i])])
+                       for i in range(len(rec["time"])))
+        got[flow_cache] = (r, frames_by_interface(c), notes)
+    (r0, f0, n0), (r1, f1, n1) = got[False], got[True]
+    assert r1.cached > 0 and r0.completed == r1.completed == 30
+    assert f0 != f1 and outer_ids(f0)[0] == outer_ids(f1)[0]   # (the uncaptured flows draw ids too)
+    assert n0 == n1
 
 
 def test_chi_square_iptables_random(tmp_path):

@@ -222,10 +222,30 @@ def test_traffic_step_reports_and_shares_the_cluster(tmp_path):
     bulk = report.steps[1].result.detail
     assert (bulk.flows, bulk.completed, sum(bulk.backends.values())) == (60, 60, 60)
     assert bulk.packets == 60 * (2 * 3 + 6)   # handshake, 3 acknowledged segments, teardown
+    assert bulk.cached > bulk.packets // 2    # the flow cache carried most of them
     assert "60 flows: 60 completed" in report.steps[1].result.outcome
     # the flows are in the same conntrack table the curls use (TIME_WAIT entries)
     node1 = report.cluster.fabric.nodes["node-1"].ns.conntrack
     assert len([e for e in node1.entries() if e["proto"] == 6]) >= 60
+
+
+@pytest.mark.parametrize("value,ok", [("false", True), ("maybe", False)])
+def test_traffic_step_flow_cache_option(tmp_path, value, ok):
+    text = f"""\
+- traffic: web:80
+  from: client
+  flows: 20
+  packets: 4
+  flowCache: {value}
+  expect: {{completed: 20}}
+"""
+    if not ok:
+        with pytest.raises(ManifestError, match=r"steps\[0\] \(traffic\)\.flowCache: .*true or false"):
+            run(load(_scenario(tmp_path, text)))
+        return
+    report = run(load(_scenario(tmp_path, text)))
+    assert report.ok, report.failures()
+    assert report.steps[0].result.detail.cached == 0
 
 
 def test_traffic_step_under_conntrack_pressure(tmp_path):

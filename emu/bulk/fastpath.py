@@ -25,6 +25,11 @@ point, as an ordinary packet in the engine's Pool: ARP and neighbour misses
 (no route, TTL, too big, REJECT), floods, unknown hooks, local delivery to
 anything but a bulk endpoint, IP fragments. The engine then carries it on.
 
+Learning (emu.bulk.flowcache): packets marked in `Batch.learn` log what
+they do that differs from packet to packet (links, conntrack entries, FDB
+entries, VXLAN encapsulations, capture points, delivery), or that they left
+the common case; the flow cache makes programs of them.
+
 Drops are counted in the engine's per-device counters (engine.drops), so
 `engine.drop_summary()` covers both paths. Capture: packets whose `cap` is
 set are recorded by the engine's taps on tapped ports (tx when sent, rx when
@@ -36,6 +41,7 @@ from __future__ import annotations
 import numpy as np
 
 from emu.bulk.decide import A_DNAT, A_DROP, A_REJECT, Decider
+from emu.bulk.flowcache import OP_FAIL, _records, fingerprint
 from emu.control.kubeproxy import MASQ_MARK
 from emu.control.kubeproxy import NONE as KP_NONE
 from emu.control.proxier import Proxier
@@ -48,6 +54,7 @@ from emu.wire import ipv4
 from kernels import conntrack as ct
 from kernels import fdb as fdbk
 from kernels import flow, hashing, lpm, maglev, netns_fast, parse, rewrite
+from kernels.replay import OP_CAP, OP_CT, OP_DELIVER, OP_ENCAP, OP_FDB_FWD, OP_FDB_LEARN, OP_LINK
 from kernels.drop import Drop
 
 HEADROOM = 128
@@ -62,7 +69,7 @@ class Batch:
     COLUMNS = {"start": np.int64, "length": np.int64, "flow": np.int64, "step": np.int32,
                "pkt_id": np.int64, "fhash": np.uint32, "mark": np.uint32, "ct": np.int32,
                "ctinfo": np.uint8, "sent": np.int64, "cap": np.bool_, "dnat_ip": np.uint32,
-               "dnat_port": np.uint16, "has_dnat": np.bool_}
+               "dnat_port": np.uint16, "has_dnat": np.bool_, "learn": np.int32}
 
     def __init__(self, max_frame: int, capacity: int = 1024):
         self.stride = -(-(HEADROOM + max_frame + 64) // 64) * 64
@@ -104,6 +111,7 @@ class Batch:
         self.ct[idx] = -1
         self.ctinfo[idx] = 0
         self.has_dnat[idx] = False
+        self.learn[idx] = -1
         return idx
 
     def release(self, idx) -> None:
@@ -136,6 +144,7 @@ class FastPath:
         self._seq = 0
         self._maps: dict = {}
         self._note_tables: dict = {}
+        self.cache = None   # emu.bulk.flowcache.FlowCache: learners log what they do
 
     # -- bookkeeping -------------------------------------------------------------
     def note(self, key, make) -> int:
@@ -207,8 +216,29 @@ class FastPath:
         self._seq += n
         self._work.setdefault(dev_id, []).append((np.asarray(ports, np.int32), idx, times, seqs))
 
+    def _log(self, idx, kind, *cols, fp=0) -> None:
+        if self.cache is not None and len(idx):
+            self.cache.log(self.batch, idx, kind, *cols, fp=fp)
+
+    def _log_ct(self, ns, idx, conn, direction) -> None:
+        if self.cache is not None and len(idx):
+            has = conn >= 0
+            self._log(idx[~has], OP_FAIL)
+            learn = has & (self.batch.learn[idx] >= 0)
+            if learn.any():
+                c = conn[learn]
+                self._log(idx[learn], OP_CT, self.cache.ct_table(ns), c, direction[learn],
+                          fp=fingerprint(_records(ns.conntrack.table.conns, c)))
+
+    def _log_fdb(self, br, idx, src, ingress, dst, out) -> None:
+        """br_fdb_update of the source, then the destination's entry (out -1: the bridge's own)."""
+        k = self.cache.fdb(br)
+        self._log(idx, OP_FDB_LEARN, k, src, ingress)
+        self._log(idx, OP_FDB_FWD, k, dst, out)
+
     def drop(self, device, idx, reasons, times=None) -> None:
         if len(idx):
+            self._log(idx, OP_FAIL)
             reasons = np.broadcast_to(np.asarray(reasons, np.uint8), (len(idx),))
             np.add.at(self.engine.drops[device.id], reasons, 1)
             self.endpoints.dropped(self.batch, idx)
@@ -219,6 +249,7 @@ class FastPath:
         packet ids, flow hash, mark and conntrack reference)."""
         b, pool = self.batch, self.engine.pool
         idx = np.asarray(idx, np.int64)
+        self._log(idx, OP_FAIL)
         slots = pool.alloc(len(idx))
         rewrite.copy_ranges(b.buf, b.start[idx], b.length[idx], pool.buf, pool.start[slots])
         pool.length[slots] = b.length[idx]
@@ -246,6 +277,7 @@ class FastPath:
         rec = taps.record_frames(b.buf, b.start[i], b.length[i], ports[sel], np.asarray(times)[sel],
                                  b.pkt_id[i], None if notes is None else
                                  np.broadcast_to(np.asarray(notes, np.int32), (len(idx),))[sel])
+        self._log(i, OP_CAP, rec)
         return rec, sel
 
     def _set_notes(self, rec, notes) -> None:
@@ -272,6 +304,7 @@ class FastPath:
             for dev in _values(owners):
                 self.drop(self.engine.devices[dev], idx[bad][owners == dev], Drop.LINK_DOWN)
             ports, idx, times, dst = ports[ok], idx[ok], times[ok], dst[ok]
+        self._log(idx, OP_LINK, ports)
         arrive = times + latency[ports]
         owner = device_of[dst]
         for dev in _values(owner):
@@ -413,6 +446,7 @@ class FastPath:
         info[has] = adv[has]
         b.ct[idx] = np.where(has, conn, -1)
         b.ctinfo[idx] = info
+        self._log_ct(ns, idx, b.ct[idx], direction)
         return verdict
 
     def _decider(self, proxier) -> Decider:
@@ -426,12 +460,26 @@ class FastPath:
         verdict = np.zeros(len(idx), np.uint8)
         sel = np.nonzero((b.ctinfo[idx] == NEW) & (b.ct[idx] >= 0)
                          & ((h.ip_proto == 6) | (h.ip_proto == 17)))[0]
+        # the nat table sees only a connection's first packet (nf_nat_inet_fn; as
+        # Proxier._decide): not one whose entry has its DNAT binding, and a second
+        # packet of a connection in this batch follows the first one's decision
+        sel = sel[(ns.conntrack.table.conns["status"][b.ct[idx[sel]]] & ct.IPS_DST_NAT) == 0]
         if not len(sel):
             return verdict
-        i = idx[sel]
+        _, first, again = np.unique(b.ct[idx[sel]], return_index=True, return_inverse=True)
+        order = np.argsort(first)               # the connections' first packets, in batch order
+        rank = np.empty(len(order), np.int64)
+        rank[order] = np.arange(len(order))
+        d = sel[first[order]]
         act, bip, bport, masq, explain = self._decider(proxier).decide(
-            h.ip_src[sel], h.ip_proto[sel], h.ip_dst[sel], h.dport[sel], h.sport[sel], times[sel], hook,
-            want_explain=b.cap[i])
+            h.ip_src[d], h.ip_proto[d], h.ip_dst[d], h.dport[d], h.sport[d], times[d], hook,
+            want_explain=b.cap[idx[d]])
+        if len(d) < len(sel):
+            of = rank[again.reshape(-1)]
+            act, bip, bport, masq = act[of], bip[of], bport[of], masq[of]
+            if explain:
+                explain = {k: explain[j] for k, j in enumerate(of.tolist()) if j in explain}
+        i = idx[sel]
         dn = act == A_DNAT
         b.dnat_ip[i[dn]], b.dnat_port[i[dn]], b.has_dnat[i[dn]] = bip[dn], bport[dn], True
         b.mark[i[masq]] |= MASQ_MARK
@@ -674,6 +722,7 @@ class FastPath:
                 notes[dc] = self._dense_notes("deliver", key, lambda u: self.note(
                     ("deliver", u), lambda: f"delivered to local socket proto {u >> 16} port {u & 0xFFFF}"))
                 self.endpoints.deliver(b, idx[d], ns, times[d], _take(h, d))
+                self._log(idx[d], OP_DELIVER)
                 b.release(idx[d])
             s = rest[~mine]
             if len(s):
@@ -800,6 +849,7 @@ class FastPath:
         h.ip_dst[:], h.dport[:] = dst, dport
         b.ct[idx], b.ctinfo[idx] = conn, info
         b.has_dnat[idx] = False
+        self._log_ct(ns, idx, conn, direction)
         return np.zeros(len(idx), np.uint8)
 
     def _forward_fused(self, ns, idx, times, routes, h) -> bool:
@@ -855,6 +905,9 @@ class FastPath:
                                  np.ascontiguousarray(h.dport), nb_macs, if_macs, if_vxlan, ids, local_ip, vport,
                                  vx.vni if vx is not None else 0, ipv4.DEFAULT_TTL)
         b.start[idx], b.length[idx] = start, length
+        if self.cache is not None and encap.any():
+            self._log(idx[encap], OP_ENCAP, self.cache.counter(ns))
+            self._log_ct(ns, idx[encap], fw.o_conn[encap], fw.o_dir[encap])
         notes = np.zeros(len(idx), np.int32)
         out_if = fw.out_if
         for dev in _values(out_if):
@@ -982,6 +1035,8 @@ class FastPath:
         rewrite.vxlan_encap(b.buf, b.start, b.length, idx.astype(np.int32), dev.local_ip, remote, sport,
                             dev.dstport, dev.vni, ipv4.DEFAULT_TTL, ns._next_ip_ids(len(idx)))
         b.ct[idx], b.ctinfo[idx] = -1, 0
+        if self.cache is not None:
+            self._log(idx, OP_ENCAP, self.cache.counter(ns))
         routes = lpm.lookup(ns._fib_table(), remote)
         outer = parse.parse(b.buf, b.start[idx], b.length[idx], ns._vxlan_ports())
         out_if = np.where(routes >= 0, np.array([r.dev for r in ns.routes], np.int32)[np.maximum(routes, 0)], 0)
@@ -1040,6 +1095,8 @@ class FastPath:
             out = br.bports[p]
             notes[k] = self.note(("brhost", br.name, p),
                                  lambda: f"bridge {br.name}: host -> {out.name.split('/')[-1]} (learned)")
+            if self.cache is not None:
+                self._log(idx[k], OP_FDB_FWD, self.cache.fdb(br), macs.dst[k], p)
             self.transmit(br, out.id, idx[k], times[k], notes[k])
         s = np.nonzero(fast_port)[0]
         if len(s):
@@ -1057,6 +1114,8 @@ class FastPath:
                 m = fwd & (d.out_port == p)
                 k = s[m]
                 out = br.bports[p]
+                if self.cache is not None:
+                    self._log_fdb(br, idx[k], macs.src[k], ingress[k], macs.dst[k], p)
                 for q in _values(ingress[k]):
                     kk = k[ingress[k] == q]
                     inport = br.bports[q].name.split("/")[-1]
@@ -1066,6 +1125,8 @@ class FastPath:
             up_host = ((d.action & fdbk.LOCAL) != 0) & ((d.action & fdbk.FLOOD) == 0)
             k = s[up_host]
             if len(k):
+                if self.cache is not None:
+                    self._log_fdb(br, idx[k], macs.src[k], ingress[k], macs.dst[k], -1)
                 notes[k] = self.note(("brlocal", br.name), lambda: f"bridge {br.name}: to host")
                 if br.host_port is None:
                     self.drop(br, idx[k], Drop.BRIDGE_NO_PORT)

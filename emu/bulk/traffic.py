@@ -29,11 +29,18 @@ backend than the flow's first one (its conntrack entry was flushed or
 expired and kube-proxy picked again) is what a server without that
 connection sees: the flow breaks (a real one would answer RST).
 
-Frames come from templates (kernels.flow.fill_frames); the first packet of a
-flow and everything unusual go through the interactive devices (see
-emu.bulk.fastpath); the rest through the fast path with the same tables.
-`engine="interactive"` sends every packet through the interactive engine
-(the baseline, and the reference the tests compare with).
+Frames come from templates (kernels.flow.fill_frames). Everything unusual
+goes through the interactive devices, the handshake and what the flow cache
+cannot carry through the fast path (emu.bulk.fastpath), and a TCP flow's
+data, ACKs and teardown, once its SYN-ACK and ACK have shown the path each
+way, through the flow cache (emu.bulk.flowcache, kernels.replay): the same
+tables, each packet at its own time. The cache runs ahead of the window up
+to the engine's next event (HORIZON_NS at most); what it changes commutes
+with the fast path's packets. `flow_cache=False` leaves it out: then the
+bytes are the interactive engine's exactly (with it, VXLAN outer IP ids of
+concurrent flows come in another order). `engine="interactive"` sends every
+packet through the interactive engine (the baseline, and the reference the
+tests compare with).
 
 Virtual time: flows start `1 / flow rate` apart from the engine's current
 time (flow rate = rate_pps / packets per flow; or spread over duration_ns;
@@ -42,6 +49,7 @@ their latency. Latency is one way, send to delivery, on the virtual clock.
 """
 from __future__ import annotations
 
+import gc
 import struct
 import time as wallclock
 from dataclasses import dataclass, field
@@ -49,6 +57,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from emu.bulk.fastpath import FastPath
+from emu.bulk.flowcache import FlowCache
 from emu.errors import EmuError
 from emu.wire import ipv4
 from kernels import conntrack as ct
@@ -59,6 +68,7 @@ SYN, ACK, FIN, PSH = 0x02, 0x10, 0x01, 0x08
 _SALT = 0x5DEECE66D
 SYN_RTO_NS = 1_000_000_000      # TCP_TIMEOUT_INIT
 SYN_RETRIES = 6                 # net.ipv4.tcp_syn_retries
+HORIZON_NS = 100_000_000        # the flow cache runs at most this far ahead of the window
 
 
 @dataclass
@@ -76,6 +86,7 @@ class Report:
     conntrack: dict = field(default_factory=dict)
     latency_ns: tuple = (0, 0)
     handed_off: int = 0         # packets that took the interactive devices
+    cached: int = 0             # packets the flow cache carried (emu.bulk.flowcache)
     flushed: int = 0            # conntrack entries deleted by a UDP flush
 
     @property
@@ -95,6 +106,7 @@ class Report:
                 ("virtual time", f"{self.virtual_ns / 1e6:.3f} ms"),
                 ("latency p50 / p99 (virtual)", f"{self.latency_ns[0] / 1e3:.1f} us / "
                                                 f"{self.latency_ns[1] / 1e3:.1f} us"),
+                ("flow cache packets", str(self.cached)),
                 ("slow path packets", str(self.handed_off))]
         for b, n in sorted(self.backends.items()):
             rows.append((f"backend {b}", f"{n} flows"))
@@ -156,7 +168,8 @@ class Traffic:
     def __init__(self, cluster, clients, target: str, protocol: str = "tcp", flows: int = 1, packets: int = 1,
                  payload: int = 64, rate_pps: float | None = None, duration_ns: int | None = None,
                  capture="off", engine: str = "bulk", window_ns: int | None = 20_000,
-                 interval_ns: int = 100_000, flush_udp: bool = False, seed: int | None = None):
+                 interval_ns: int = 100_000, flush_udp: bool = False, seed: int | None = None,
+                 flow_cache: bool = True):
         self.cluster = cluster
         self.eng = cluster.engine
         self.protocol = protocol.lower()
@@ -175,6 +188,7 @@ class Traffic:
         self.window = window_ns
         self.interval = int(interval_ns)
         self.flush_udp = flush_udp
+        self.flow_cache = flow_cache
         self.rate_pps, self.duration_ns = rate_pps, duration_ns
         self.seed = cluster.seed if seed is None else seed
         self._target(target)
@@ -643,8 +657,17 @@ class Traffic:
                 from emu.cluster import default_taps
                 eng.capture(default_taps(eng))
             self.fast = FastPath(eng, self, 14 + 20 + 20 + self.payload + 50, window_ns=self.window)
+            if self.flow_cache and self.proto == TCP:
+                self.fast.cache = FlowCache(eng, self.n)
+                self._token = None
             self._pending = [first]
-            self._loop(progress)
+            collecting = gc.isenabled()
+            gc.disable()   # a bulk run makes no reference cycles worth the collector's passes
+            try:
+                self._loop(progress)
+            finally:
+                if collecting:
+                    gc.enable()
         virtual = max(self._last - v0, 0)
         self.broken |= ~self.done   # a flow that did not finish is broken: none is silently lost
         for ns, key, before in reversed(self._bound):  # give the ports back as they were
@@ -687,6 +710,8 @@ class Traffic:
             while self._take(end):
                 self.fast.run(until=end)
             self.fast.run(until=end)
+            if self.fast.cache is not None:
+                self.fast.cache.compile()
             if progress is not None:
                 progress(self.sent, self.total)
 
@@ -704,6 +729,8 @@ class Traffic:
         f, s, t = f[now], s[now], t[now]
         alive = ~self.broken[f] | (self.proto == UDP)
         f, s, t = f[alive], s[alive], t[alive]
+        if self.fast.cache is not None:
+            f, s, t = self._replay(f, s, t, end)
         if not len(f):
             return None
         order = np.lexsort((f, t))
@@ -722,6 +749,8 @@ class Traffic:
         b.flow[idx], b.step[idx] = f, s
         b.sent[idx] = t
         b.cap[idx] = self.cap[f]
+        if self.fast.cache is not None:
+            self._learners(b, idx, f, s)
         pool = self.eng.pool
         b.pkt_id[idx] = np.arange(pool._next_id, pool._next_id + n)
         pool._next_id += n
@@ -736,12 +765,72 @@ class Traffic:
         self.fast.send(groups, times)
         return True
 
+    # -- the flow cache (emu.bulk.flowcache) ---------------------------------------------------
+    def _steady(self, s) -> np.ndarray:
+        """TCP steps the flow cache may carry: data segments and their ACKs."""
+        return (s >= 3) & (s < 3 + 2 * self.k)
+
+    def _replay(self, f, s, t, end):
+        """Carry what the flow cache can of the items due before `end`; the
+        rest (returned) goes down the fast path, or waits when it is due later."""
+        cache = self.fast.cache
+        token = (self.eng.events, self.fast.handed_off)
+        if token != self._token:   # the tables moved under the programs
+            cache.stale(self.fast.batch)
+            self._token = token
+        cache.compile()
+        key = 2 * f + (((s % 2) == 0) & (s >= 4))
+        go = (self._steady(s) | ((s >= 2) & (s < self.steps) & ~self.cap[f])) & cache.has(key)
+        if not go.any():
+            return f, s, t
+        g = np.nonzero(go)[0]
+        s2, t2, sent, lat, last = cache.run(self, f[g], s[g], t[g], end, self._horizon(end))
+        n = int(sent.sum())
+        if n:
+            self.sent += n
+            self.delivered += n
+            self._lat.append(np.repeat(lat, sent))
+            self._last = max(self._last, last)
+        s, t = s.copy(), t.copy()
+        s[g], t[g] = s2, t2
+        finished = s >= self.steps
+        if finished.any():    # the last ACK arrived
+            self.done[f[finished]] = True
+            f, s, t = f[~finished], s[~finished], t[~finished]
+        later = t >= end
+        if later.any():
+            self._pending.append((f[later], s[later], t[later]))
+        now = ~later
+        return f[now], s[now], t[now]
+
+    def _horizon(self, end) -> int:
+        """How far the flow cache may run ahead of the window: up to the
+        engine's next timer or packet (anything that may change a table), at
+        most HORIZON_NS. Its effects commute with the fast path's packets of
+        the same times (see kernels.replay), so running ahead changes no result."""
+        eng = self.eng
+        nxt = [x for x in (eng._next_packet_time(), eng._timers[0][0] if eng._timers else None) if x is not None]
+        return max(end, min(nxt + [end + HORIZON_NS]))
+
+    def _learners(self, b, idx, f, s) -> None:
+        """Mark packets whose (flow, direction) has no program yet: the SYN and
+        the SYN-ACK (what they do once, a conntrack entry and a NAT binding,
+        is then the path every packet after them takes), else any data
+        segment or ACK. A captured flow learns from a data segment and its
+        ACK: its program holds their frames and notes."""
+        server = self.script(f, s)[0]
+        key = 2 * f + server
+        first = ((s == 0) | (s == 1)) & ~self.cap[f]
+        want = (first | self._steady(s)) & ~self.fast.cache.has(key)
+        self.fast.cache.begin(b, idx[want], key[want])
+
     def _report(self, wall, drops_before, virtual) -> Report:
         eng = self.eng
         r = Report(self.protocol, packets=self.sent, delivered=self.delivered, flows=self.n,
                    completed=int((self.done & ~self.broken).sum()), broken=int(self.broken.sum()),
                    wall_seconds=wall, virtual_ns=int(virtual), flushed=self.flushed,
-                   handed_off=self.fast.handed_off if self.fast else 0)
+                   handed_off=self.fast.handed_off if self.fast else 0,
+                   cached=self.fast.cache.replayed if self.fast and self.fast.cache else 0)
         r.backends = {self._pod_of.get(k, eng.devices[k].name): v for k, v in sorted(self._backend_hits.items())}
         diff = eng.drops - np.vstack([drops_before, np.zeros((len(eng.drops) - len(drops_before), 256),
                                                              np.int64)])

@@ -161,8 +161,11 @@ class Conntrack:
                     continue
                 state = nxt
             assure = (proto == 6 and state & 0x7F == TCP_ESTABLISHED) or (proto != 6 and seen_reply)
+            timeout = self._timeout(proto, state, seen_reply)
+            if state == int(rec["state"]):  # as kernels.flow._refresh: the expiry never comes forward
+                timeout = max(timeout, int(rec["expires"]) - now)
             ct.update(t, np.array([c], np.int32), np.array([state], np.uint8),
-                      np.array([self._timeout(proto, state, seen_reply)], np.int64), now,
+                      np.array([timeout], np.int64), now,
                       np.array([1 if assure else 0], np.uint8))
         return None
 

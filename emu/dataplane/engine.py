@@ -153,6 +153,7 @@ class Engine:
         self.now = 0
         self._window = window_ns
         self._seq = 0
+        self.events = 0      # timers run and device visits: caches of table state compare it
         self._inbox: list[_Inbox] = []
         self._ready: list[tuple[int, int]] = []  # heap of (earliest time, device id), may hold stale entries
         self._timers: list[tuple[int, int, object]] = []
@@ -346,6 +347,7 @@ class Engine:
                 while self._timers and self._timers[0][0] == tt:
                     _, _, cb = heapq.heappop(self._timers)
                     self.now = tt
+                    self.events += 1
                     cb(self)
                 continue
             end = t_next + window
@@ -365,6 +367,7 @@ class Engine:
             self.now = max(self.now, until_ns)
 
     def _receive(self, device: Device, ports, slots, times) -> None:
+        self.events += 1
         rec = self.taps.record_rx(self, ports, slots, times) if self.taps is not None else None
         notes = device.receive(self, ports, slots, times)
         if rec is not None:

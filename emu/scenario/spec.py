@@ -44,7 +44,7 @@ STEP_KEYS = {
     "apply": set(),
     "fail": {"notReadyAfter"},
     "sleep": set(),
-    "traffic": {"protocol", "flows", "packets", "payload", "rate", "capture", "clients"},
+    "traffic": {"protocol", "flows", "packets", "payload", "rate", "capture", "clients", "flowCache"},
 }
 NO_FROM = {"scale", "delete", "apply", "fail", "sleep"}
 NO_EXPECT = {"scale", "delete", "apply", "fail", "sleep"}

@@ -42,7 +42,8 @@ def traffic_parse(step: Step) -> dict:
             "flows": opt(step, "flows").int(1, lo=1, hi=10_000_000),
             "packets": opt(step, "packets").int(1, lo=1, hi=1_000_000),
             "payload": opt(step, "payload").int(64, lo=8, hi=1400),
-            "rate": float(rate.value) if rate.present else None, "capture": capture, "expect": expect}
+            "rate": float(rate.value) if rate.present else None, "capture": capture,
+            "flow_cache": opt(step, "flowCache").bool(True), "expect": expect}
 
 
 def traffic_start(run, step: Step, p: dict, done) -> None:
@@ -53,7 +54,8 @@ def traffic_start(run, step: Step, p: dict, done) -> None:
 
     try:
         t = Traffic(run.cluster, p["clients"], p["target"], protocol=p["protocol"], flows=p["flows"],
-                    packets=p["packets"], payload=p["payload"], rate_pps=p["rate"], capture=p["capture"])
+                    packets=p["packets"], payload=p["payload"], rate_pps=p["rate"], capture=p["capture"],
+                    flow_cache=p["flow_cache"])
     except EmuError as e:
         step.fail(str(e), "traffic")
     report = t.run(progress=lambda sent, total: run.progress_packets(step, sent, total))

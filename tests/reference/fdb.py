@@ -77,7 +77,9 @@ class Fdb:
             if e.port != port:
                 self.stats["moved"] += 1
                 e.port = port
-            e.updated = now
+                e.updated = now
+            else:
+                e.updated = max(e.updated, now)
         elif self._room(now):
             self._create(mac, port, now)
         else:

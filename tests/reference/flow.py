@@ -56,8 +56,10 @@ def ct_advance(conns, conn, direction, proto, flags, now):
             return dct.INVALID
         state = nxt
     assure = (proto == 6 and state & 0x7F == dct.TCP_ESTABLISHED) or (proto != 6 and seen_reply)
+    expires = now + dct.Conntrack._timeout(proto, state, seen_reply)
+    if int(rec["state"]) != state or expires > int(rec["expires"]):
+        rec["expires"] = expires   # the same state never brings the expiry forward
     rec["state"] = state
-    rec["expires"] = now + dct.Conntrack._timeout(proto, state, seen_reply)
     if assure:
         rec["status"] |= ct.IPS_ASSURED
     return info

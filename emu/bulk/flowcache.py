@@ -1,0 +1,348 @@
+"""The flow cache: what the fast path did to one packet of a TCP flow,
+replayed for the rest of that direction of the flow.
+
+Learning. Packets the generator marks (Traffic._learners) get a learner
+slot (`Batch.learn`) and log into it, as they cross the fast path, the
+operations whose effect differs from packet to packet: the links they take
+(`transmit`), the conntrack entries they step (every conntrack hook, with a
+fingerprint of the entry's tuples), the bridge FDB entries they refresh and
+look up, the VXLAN encapsulations (one IP id each), the capture points
+(their frames and comments become templates), and their delivery. A
+learner that leaves the common case (handed to an interactive device,
+dropped, given a NAT binding or a kube-proxy decision that acts) fails.
+When a learner is delivered its rows become the (flow, direction)'s program
+(kernels.replay), provided every connection it stepped still holds the same
+tuples.
+
+Everything else a hop does to an established packet (routes, neighbours,
+the NAT of an existing binding, MACs, TTL, kube-proxy's no-op for the outer
+VXLAN packets) depends only on tables the control plane changes, never on
+the packet; so programs are dropped whenever anything else happens in the
+engine (an event, a packet of the interactive engine, a hand-off from the
+fast path): see `stale`. Flows are then learned again.
+
+Replay. kernels.replay carries flows along their programs on the live
+tables: conntrack state, timeouts and ASSURED, FDB refreshes, IP ids drawn,
+links up, captured frames; a packet it cannot carry goes down the fast path.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from kernels import conntrack as ct
+from kernels import parse
+from kernels import replay as rk
+from kernels.replay import OP_CAP, OP_CT, OP_DELIVER, OP_FDB_FWD, OP_FDB_LEARN, OPS, TPL
+
+OP_FAIL = 0                 # learning only: a learner left the common case
+MAX_ROWS = 48               # a learner's rows at most (a two-node path with capture takes ~30)
+CAPTURE_RECORDS = 1 << 16   # room made in the taps before each replay call (more when it fills)
+
+FREE, LEARNING, DELIVERED, FAILED = 0, 1, 2, 3
+# a logged row (one array each, [row, slot]): an operation's kind and arguments as
+# kernels.replay has them (a, b, c; its d is made by compile), and for conntrack the
+# fingerprint of the entry's tuples
+ROW = ("kind", "a", "b", "c", "fp")
+
+
+class FlowCache:
+    def __init__(self, engine, flows: int):
+        self.engine = engine
+        self.n = flows
+        self.replayed = 0
+        self._clear()
+
+    def _clear(self) -> None:
+        self.prog_start = np.zeros(2 * self.n, np.int64)
+        self.prog_len = np.zeros(2 * self.n, np.int64)
+        self.ops = np.zeros((0, OPS), np.int64)     # programs' rows, the first _n_ops in use
+        self._n_ops = 0
+        self.snap = ct._aligned_zeros(0, ct.CONN_DTYPE)
+        self._n_snap = 0
+        self.tpl_buf = np.zeros(0, np.uint8)
+        self.tpl = np.zeros((0, TPL), np.int64)
+        # learner slots: rows (kind, a, b, c, d, fingerprint), how many, the key, the state
+        self._rows = {name: np.zeros((MAX_ROWS, 0), np.int64) for name in ROW}
+        self._fill = np.zeros(0, np.int64)
+        self._key = np.zeros(0, np.int64)
+        self._state = np.zeros(0, np.int8)        # FREE, LEARNING, DELIVERED, FAILED
+        self._free = np.zeros(0, np.int64)
+        self._n_free = 0
+        self._ended = False                      # a learner finished since the last compile
+        self._ct_ns: dict[int, int] = {}         # namespace id -> table number
+        self._ct_objs: list = []
+        self._fdb_br: dict[int, int] = {}
+        self._fdb_objs: list = []
+        self._enc_ns: dict[int, int] = {}
+        self._enc_objs: list = []
+
+    # -- learning (called by the generator and the fast path) --------------------------------
+    def begin(self, batch, idx, keys) -> None:
+        """Packets idx start learning (flow, direction) keys."""
+        n = len(idx)
+        if not n:
+            return
+        if n > self._n_free:
+            self._grow(n)
+        slots = self._free[self._n_free - n:self._n_free].copy()
+        self._n_free -= n
+        self._fill[slots] = 0
+        self._key[slots] = keys
+        self._state[slots] = LEARNING
+        batch.learn[idx] = slots
+
+    def _grow(self, need: int) -> None:
+        old = len(self._key)
+        size = max(2 * old, old + need, 256)
+        for name in ROW:   # [row, slot]: the rows no learner reaches stay untouched memory
+            col = np.zeros((MAX_ROWS, size), np.int64)
+            col[:, :old] = self._rows[name]
+            self._rows[name] = col
+        self._fill, self._key, self._state = (np.r_[a, np.zeros(size - old, a.dtype)]
+                                              for a in (self._fill, self._key, self._state))
+        free = np.empty(size, np.int64)
+        free[:self._n_free] = self._free[:self._n_free]
+        free[self._n_free:self._n_free + size - old] = np.arange(size - 1, old - 1, -1)
+        self._free, self._n_free = free, self._n_free + size - old
+
+    def log(self, batch, idx, kind: int, a=0, b=0, c=0, fp=0) -> None:
+        """A row for each learner among packets idx (a, b, c, fp: scalars or per packet)."""
+        slot = batch.learn[idx]
+        sel = slot >= 0
+        if not sel.any():
+            return
+        s = slot[sel]
+        live = self._state[s] == LEARNING
+        s, sel_idx = s[live], np.nonzero(sel)[0][live]
+        pos = self._fill[s]
+        full = pos >= MAX_ROWS
+        if full.any():                       # a path this long is not cached
+            self._state[s[full]] = FAILED
+            s, sel_idx, pos = s[~full], sel_idx[~full], pos[~full]
+        self._rows["kind"][pos, s] = kind
+        for name, col in (("a", a), ("b", b), ("c", c), ("fp", fp)):
+            self._rows[name][pos, s] = col if np.isscalar(col) else np.asarray(col)[sel_idx]
+        self._fill[s] = pos + 1
+        if kind == OP_DELIVER:
+            self._state[s] = DELIVERED
+            self._ended = True
+            batch.learn[idx[sel_idx]] = -1
+        elif kind == OP_FAIL:
+            self._state[s] = FAILED
+            self._ended = True
+            batch.learn[idx[sel_idx]] = -1
+
+    def ct_table(self, ns) -> int:
+        k = self._ct_ns.get(ns.id)
+        if k is None:
+            k = self._ct_ns[ns.id] = len(self._ct_objs)
+            self._ct_objs.append(ns)
+        return k
+
+    def fdb(self, br) -> int:
+        k = self._fdb_br.get(br.id)
+        if k is None:
+            k = self._fdb_br[br.id] = len(self._fdb_objs)
+            self._fdb_objs.append(br)
+        return k
+
+    def counter(self, ns) -> int:
+        k = self._enc_ns.get(ns.id)
+        if k is None:
+            k = self._enc_ns[ns.id] = len(self._enc_objs)
+            self._enc_objs.append(ns)
+        return k
+
+    # -- compiling --------------------------------------------------------------------------
+    def compile(self) -> None:
+        """Programs from the learners that were delivered: every connection
+        still the one they stepped. Their slots (and the failed ones') are free again."""
+        if not self._ended:
+            return
+        self._ended = False
+        done = np.nonzero((self._state == DELIVERED) | (self._state == FAILED))[0]
+        good = done[self._state[done] == DELIVERED]
+        self._state[done] = FREE
+        self._free[self._n_free:self._n_free + len(done)] = done
+        self._n_free += len(done)
+        if not len(good):
+            return
+        fill = self._fill[good]
+        owner = np.repeat(np.arange(len(good)), fill)
+        pos = np.arange(len(owner)) - np.repeat(np.cumsum(fill) - fill, fill)
+        at = (pos, good[owner])                        # the learners' rows, learner after learner
+        rows = np.zeros((len(owner), OPS), np.int64)
+        for j, name in enumerate(("kind", "a", "b", "c")):
+            rows[:, j] = self._rows[name][at]
+        fps = self._rows["fp"][at]
+        kind = rows[:, 0]
+        ok = np.ones(len(good), bool)
+        isct = np.nonzero(kind == OP_CT)[0]
+        for k in np.unique(rows[isct, 1]).tolist():   # each connection still the one stepped
+            m = isct[rows[isct, 1] == k]
+            same = fingerprint(_records(self._ct_objs[k].conntrack.table.conns, rows[m, 2])) == fps[m]
+            ok[owner[m[~same]]] = False
+        # the last good learner of each key (a flow with a short round trip may finish several)
+        keys = self._key[good]
+        last = np.ones(len(good), bool)
+        order = np.argsort(keys, kind="stable")
+        ko = keys[order]
+        last[order[:-1][ko[:-1] == ko[1:]]] = False
+        ok &= last
+        if not ok.any():
+            return
+        rows = rows[ok[owner]]
+        rows[(rows[:, 0] == OP_FDB_LEARN) | (rows[:, 0] == OP_FDB_FWD), 4] = -1   # no slot hint yet
+        fill, keys = fill[ok], keys[ok]
+        c = np.nonzero(rows[:, 0] == OP_CT)[0]
+        if len(c):   # snapshots of the connections' tuples
+            snaps = ct._aligned_zeros(len(c), ct.CONN_DTYPE)
+            words = snaps.view(np.uint64).reshape(len(c), -1)
+            for k in np.unique(rows[c, 1]).tolist():
+                m = rows[c, 1] == k
+                words[m] = _words(self._ct_objs[k].conntrack.table.conns)[rows[c[m], 2]]
+            rows[c, 4] = self._append_snaps(snaps)
+        cap = np.nonzero(rows[:, 0] == OP_CAP)[0]
+        if len(cap):
+            rows[cap, 1] = self._templates(rows[cap, 1])
+        self.prog_start[keys] = self._append_ops(rows) + np.r_[0, np.cumsum(fill)[:-1]]
+        self.prog_len[keys] = fill
+
+    def _append_ops(self, ops) -> int:
+        """Room doubles as programs come: where `ops` now start."""
+        base = self._n_ops
+        if base + len(ops) > len(self.ops):
+            grown = np.zeros((max(2 * len(self.ops), base + len(ops), 1024), OPS), np.int64)
+            grown[:base] = self.ops[:base]
+            self.ops = grown
+        self.ops[base:base + len(ops)] = ops
+        self._n_ops += len(ops)
+        return base
+
+    def _append_snaps(self, snaps) -> np.ndarray:
+        base = self._n_snap
+        if base + len(snaps) > len(self.snap):
+            grown = ct._aligned_zeros(max(2 * len(self.snap), base + len(snaps), 1024), ct.CONN_DTYPE)
+            grown[:base] = self.snap[:base]
+            self.snap = grown
+        _words(self.snap)[base:base + len(snaps)] = _words(snaps)
+        self._n_snap += len(snaps)
+        return base + np.arange(len(snaps))
+
+    def _templates(self, records) -> np.ndarray:
+        """Templates from the learners' capture records (their frames, ports and
+        notes as the taps hold them): their numbers."""
+        taps = self.engine.taps
+        cols = taps._cols
+        start, length = cols["start"][records], cols["length"][records]
+        frames = np.zeros(int(length.sum()), np.uint8)
+        at = np.concatenate([[0], np.cumsum(length)[:-1]]).astype(np.int64)
+        for k in range(len(records)):
+            frames[at[k]:at[k] + length[k]] = taps.buf[start[k]:start[k] + length[k]]
+        ports = sorted(set().union(*(ns._vxlan_ports() for ns in self._vxlan_owners())))
+        h = parse.parse(frames, at, length, tuple(ports))
+        inner = np.where((h.flags & parse.VXLAN) != 0, h.inner_off.astype(np.int64) + 14, 14)
+        tpl = np.stack([len(self.tpl_buf) + at, length, cols["port"][records], cols["note"][records], inner], axis=1)
+        first = len(self.tpl)
+        self.tpl_buf = np.concatenate([self.tpl_buf, frames])
+        self.tpl = np.concatenate([self.tpl, tpl.astype(np.int64)])
+        return first + np.arange(len(records))
+
+    def _vxlan_owners(self):
+        return [ns for ns in self.engine.devices if hasattr(ns, "_vxlan_ports")]
+
+    def stale(self, batch) -> None:
+        """Something changed the tables: no program holds any more, and the
+        learners in flight stop (their rows so far are gone)."""
+        self._clear()
+        batch.learn[:] = -1
+
+    def has(self, keys) -> np.ndarray:
+        return self.prog_len[keys] > 0
+
+    # -- replay -----------------------------------------------------------------------------
+    def run(self, traffic, f, s, t, end: int, horizon: int) -> rk.Result:
+        """kernels.replay over the items (flow, step, time) of a Traffic:
+        where each flow stopped, the packets carried per item and direction,
+        their latency, the last arrival. Frames of captured flows go to the taps."""
+        eng = self.engine
+        peer, latency, _, up = eng._arrays()
+        ip_ids = np.array([ns._ip_id for ns in self._enc_objs], np.int64)
+        flows = rk.Flows(traffic.isn_c, traffic.isn_s, traffic.ipid_c, traffic.ipid_s, traffic.c_got, traffic.echoes,
+                         ~traffic.cap)
+        cts = tuple(ns.conntrack.table.conns for ns in self._ct_objs)
+        fdbs = tuple(br.fdb for br in self._fdb_objs)
+        taps = eng.taps
+        counts = np.array([0, 0, eng.pool._next_id, 0], np.int64)
+        sent = lat = None
+        last = -1
+        while True:
+            if taps is not None:   # room for what the flows may capture (more if it fills)
+                records, nbytes = self._capture_need(traffic, f, s)
+                taps._reserve(records + CAPTURE_RECORDS, nbytes + CAPTURE_RECORDS * 256)
+                c = taps._cols
+                cap = rk.Capture(self.tpl_buf, self.tpl, taps.buf, c["start"], c["length"], c["port"], c["time"],
+                                 c["pkt_id"], c["note"])
+                counts[0], counts[1] = taps.count, taps._used
+            else:
+                cap = rk.Capture(self.tpl_buf, self.tpl, np.zeros(0, np.uint8), *_NO_RECORDS)
+            out = rk.replay(f, s, t, end, horizon, traffic.k, traffic.payload, self.prog_start, self.prog_len,
+                            self.ops, self.snap, cts, fdbs, peer, latency, up, ip_ids, flows, cap, counts)
+            if taps is not None:
+                taps.count, taps._used = int(counts[0]), int(counts[1])
+            sent = out.sent if sent is None else sent + out.sent
+            lat = out.latency if lat is None else np.where(out.sent > 0, out.latency, lat)
+            last = max(last, out.last)
+            if not counts[3]:
+                break
+            counts[3] = 0
+            s, t = out.step, out.time
+        for ns, nxt in zip(self._enc_objs, ip_ids.tolist()):
+            ns._ip_id = nxt
+        eng.pool._next_id = int(counts[2])
+        self.replayed += int(sent.sum())
+        return rk.Result(out.step, out.time, sent, lat, last)
+
+    def _capture_need(self, traffic, f, s):
+        """Records and bytes the items' remaining steady packets would capture
+        (at most: each as many as its flow's larger program)."""
+        if not len(self.tpl):
+            return 0, 0
+        caps = self.ops[:, 0] == OP_CAP
+        size = np.where(caps, self.tpl[np.where(caps, self.ops[:, 1], 0), 1], 0)
+        n_caps, n_bytes = np.r_[0, np.cumsum(caps)], np.r_[0, np.cumsum(size)]
+        start, length = self.prog_start[np.stack([2 * f, 2 * f + 1])], self.prog_len[np.stack([2 * f, 2 * f + 1])]
+        records = (n_caps[start + length] - n_caps[start]).max(axis=0)
+        nbytes = (n_bytes[start + length] - n_bytes[start]).max(axis=0)
+        left = np.maximum(3 + 2 * traffic.k - s, 0)
+        return int((records * left).sum()), int((nbytes * left).sum())
+
+
+_NO_RECORDS = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64),
+               np.zeros(0, np.int64), np.zeros(0, np.int32))
+
+
+def _words(conns) -> np.ndarray:
+    """Conntrack records as rows of uint64 words: gathers and copies of them
+    go at memory speed (a structured dtype copies field by field)."""
+    return conns.view(np.uint64).reshape(len(conns), -1)
+
+
+def _records(conns, index) -> np.ndarray:
+    return _words(conns)[index].reshape(-1).view(ct.CONN_DTYPE)
+
+
+def fingerprint(recs) -> np.ndarray:
+    """A 64-bit hash of conntrack records' zone, protocol and original tuple
+    (int64): a learner's connection, told from another that took its slot
+    (the reply tuple is not in it: a SYN's NAT binding changes it after the
+    conntrack hook logged the entry)."""
+    u = np.uint64
+    h = recs["orig_src"].astype(u) << u(32) | recs["orig_dst"].astype(u)
+    for word in (recs["orig_sport"].astype(u) << u(16) | recs["orig_dport"].astype(u),
+                 recs["proto"].astype(u) << u(16) | recs["zone"].astype(u)):
+        h = (h ^ (h >> u(29)) ^ word) * u(0xBF58476D1CE4E5B9)
+    return (h ^ (h >> u(32))).view(np.int64)
+
+
+__all__ = ["FlowCache", "OP_FAIL", "fingerprint"]

@@ -1,0 +1,446 @@
+"""The flow cache's data plane: established TCP packets of learned flows
+carried along their path, with every hop's per-packet state change made on
+the live tables, and their frames written where they are captured.
+
+A program is what the fast path saw one packet of a (flow, direction) do,
+hop by hop (emu.bulk.flowcache learns and compiles it): one row per
+operation, in path order (columns kind, a, b, c, d).
+
+    OP_LINK      a = engine port        the link is up at both ends; adds its latency
+    OP_CT        a = table, b = conn,   conntrack at a namespace: the connection still holds
+                 c = direction,         the learned tuples (snap[d]), is confirmed, lives past
+                 d = snapshot row       the horizon, has seen a reply if this is one; TCP: the
+                                        packet's flags are a valid step (tcp_next). Then the
+                                        state step, kernels.flow's refresh and ASSURED
+    OP_FDB_LEARN a = bridge,            br_fdb_update of the source MAC b: its entry still says
+                 b = MAC, c = port,     ingress port c and has not aged; its time is refreshed
+                 d = slot hint
+    OP_FDB_FWD   a = bridge,            the destination MAC b's entry still says port c (-1: a
+                 b = MAC, c = port,     local entry, the bridge's own address) and has not aged
+                 d = slot hint          (slot hints are the kernel's own: -1 at first)
+    OP_ENCAP     a = counter            a VXLAN encapsulation draws the next IP id there
+    OP_CAP       a = template           a capture point: the template frame (the learner's, at
+                                        this point) with this packet's IP id, sequence and
+                                        acknowledgement numbers, payload tag and checksums, and
+                                        the id the encapsulation drew for an outer header. Data
+                                        and ACKs only: a teardown packet here is left to the
+                                        fast path
+    OP_DELIVER                          the endpoint's socket
+
+The traffic is emu.bulk.traffic's closed loop: packet s of a flow leaves
+when packet s - 1 arrives. A flow's steady steps are its data segments
+(client -> server, PSH|ACK, odd steps) and their acknowledgements (server
+-> client, ACK, even steps): 3 <= s < 3 + 2K. A flow that is not captured
+(Flows.teardown) is also carried for its handshake's ACK (s = 2, client)
+and its teardown (FIN, FIN-ACK, ACK: s = 3 + 2K .. 5 + 2K). For each item (flow, step,
+time) the kernel carries the flow on while its next packet is a steady step
+with a program, passes every check of its program and arrives before
+`horizon` (the caller's next event: a table may change then); the first
+packet that does not is left to the fast path (nothing of it done). A packet whose capture records would not fit stops its flow
+too, with `full` set: the caller drains the records and calls again.
+
+Order: flows are carried one after the other, possibly ahead of the fast
+path's window (`end`). What they share with other flows commutes: a
+connection or FDB entry refreshed by packets of several flows keeps the
+latest time whatever the order (kernels.flow._refresh, kernels.fdb); IP ids
+are drawn from counters (in capture, their order is the kernel's). Checks
+ask entries to live past the horizon, so none can expire during the call
+(an entry that could is left to the fast path). An FDB table's clock is not
+moved past `end`: the fast path's packets of the window keep their times.
+
+Checked once: nothing but the kernel changes a table during a call, and a
+data segment or ACK only refreshes what its program checked (their flags
+are a valid step from any TCP state). So once a direction's program passed
+its check for a steady packet, the next steady packets of that direction
+in the call reuse the result (the path's latency, records and bytes),
+until a packet of the flow changes a TCP state (its timeout may be
+shorter); a teardown packet is always checked.
+
+References: tests/reference/replay.py.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from kernels import _check
+from kernels import conntrack as ct
+from kernels import fdb as fdbk
+from kernels._jit import jit
+from kernels.flow import ACK, FIN, TCP_ESTABLISHED, _refresh, _timeout, tcp_next
+from kernels.rewrite import _put16
+
+OP_LINK, OP_CT, OP_FDB_LEARN, OP_FDB_FWD, OP_ENCAP, OP_CAP, OP_DELIVER = 1, 2, 3, 4, 5, 6, 7
+PSH = 0x08
+OPS = 5          # columns of a program row: kind, a, b, c, d
+TPL = 5          # template columns: start, length, port, note, inner IPv4 offset (14, or 64 under VXLAN)
+(N_REC, N_BYTES, NEXT_ID, FULL) = range(4)   # the `counts` array
+
+
+class Flows(NamedTuple):
+    """Per flow: how its packets look (emu.bulk.traffic), and what the client has seen."""
+    isn_c: np.ndarray      # uint32 initial sequence numbers, client and server
+    isn_s: np.ndarray
+    ipid_c: np.ndarray     # uint16 IP id of the flow's first packet from each side
+    ipid_s: np.ndarray
+    c_got: np.ndarray      # int64: the last step the client received (updated)
+    echoes: np.ndarray     # int64: packets the client received (updated)
+    teardown: np.ndarray   # bool: not captured: its handshake's ACK and its teardown may be carried too
+
+
+class Capture(NamedTuple):
+    """Templates in; records out, written as emu.capture.taps keeps them: frames
+    in `buf` from byte counts[N_BYTES] on, record columns from row
+    counts[N_REC] on (up to their length: then FULL)."""
+    tpl_buf: np.ndarray    # uint8
+    tpl: np.ndarray        # int64 [templates, TPL]
+    buf: np.ndarray        # uint8
+    start: np.ndarray      # int64
+    length: np.ndarray     # int64
+    port: np.ndarray       # int32
+    time: np.ndarray       # int64
+    pkt_id: np.ndarray     # int64
+    note: np.ndarray       # int32
+
+
+@jit
+def _same_tuples(rec, snap):
+    return rec.zone == snap.zone and rec.proto == snap.proto and rec.orig_src == snap.orig_src \
+        and rec.orig_dst == snap.orig_dst and rec.orig_sport == snap.orig_sport \
+        and rec.orig_dport == snap.orig_dport and rec.reply_src == snap.reply_src \
+        and rec.reply_dst == snap.reply_dst and rec.reply_sport == snap.reply_sport \
+        and rec.reply_dport == snap.reply_dport
+
+
+@jit
+def _fdb_slot(entries, salt, mac, port, hint):
+    """The slot of `mac`'s entry (tried at `hint` first) if it still says
+    `port` (-1: a local entry), or -1."""
+    m = np.uint64(mac)
+    i = hint if 0 <= hint < len(entries) and entries[hint].mac == m else fdbk._find(entries, salt, m)
+    if i < 0:
+        return -1
+    e = entries[i]
+    if port < 0:
+        return i if (e.flags & fdbk.FLAG_LOCAL) != 0 else -1
+    if (e.flags & fdbk.FLAG_LOCAL) != 0 or e.port != port:
+        return -1
+    return i
+
+
+@jit
+def _get16(buf, p):
+    return (np.int64(buf[p]) << 8) | np.int64(buf[p + 1])
+
+
+@jit
+def _set16(buf, p, new, csum):
+    """Write the 16-bit word at p; the checksum covering it, updated (RFC 1624 eqn. 3)."""
+    old = _get16(buf, p)
+    _put16(buf, p, new)
+    s = ((~csum) & 0xFFFF) + ((~old) & 0xFFFF) + new
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return (~s) & 0xFFFF
+
+
+@jit
+def _emit(tpl_buf, tpl, k, buf, pos, ip_id, seq, ack, tag, outer_id):
+    """Template k at buf[pos:] with this packet's fields, checksums updated
+    for what changed; its length."""
+    start, length, inner = tpl[k, 0], tpl[k, 1], tpl[k, 4]
+    buf[pos:pos + length] = tpl_buf[start:start + length]
+    ip = pos + inner
+    total = _get16(buf, ip + 2)
+    _put16(buf, ip + 10, _set16(buf, ip + 4, ip_id, _get16(buf, ip + 10)))
+    l4 = ip + 20
+    c = _get16(buf, l4 + 16)
+    c = _set16(buf, l4 + 4, (seq >> 16) & 0xFFFF, c)
+    c = _set16(buf, l4 + 6, seq & 0xFFFF, c)
+    c = _set16(buf, l4 + 8, (ack >> 16) & 0xFFFF, c)
+    c = _set16(buf, l4 + 10, ack & 0xFFFF, c)
+    if total - 40 >= 8:
+        for w in range(4):
+            c = _set16(buf, l4 + 20 + 2 * w, np.int64((tag >> np.uint64(16 * (3 - w))) & np.uint64(0xFFFF)), c)
+    _put16(buf, l4 + 16, c)
+    if inner > 14:   # the outer IPv4 header of a VXLAN packet
+        _put16(buf, pos + 24, _set16(buf, pos + 18, outer_id, _get16(buf, pos + 24)))
+    return length
+
+
+@jit
+def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len, ops, snap, cts, n_cts, fdb_entries,
+            fdb_states, fdb_salts, n_fdbs, peer, latency, up, ip_ids, isn_c, isn_s, ipid_c, ipid_s, c_got, echoes,
+            teardown, tpl_buf, tpl, cap_buf, cap_start, cap_len, cap_port, cap_time, cap_pkt, cap_note, counts, out_step,
+            out_time, sent, lat):
+    """The loops of `replay` in one function (helpers taking the table tuples
+    would pay reference counting on every call). Returns the last arrival
+    (-1: none), or -2 - r when program row r refers to nothing that exists."""
+    last = np.int64(-1)
+    n_ports = len(peer)
+    for i in range(len(flow)):
+        f = flow[i]
+        s = np.int64(step[i])
+        t = np.int64(time[i])
+        first_step = 2 if teardown[f] else 3
+        last_step = 3 + 2 * k_data + (3 if teardown[f] else 0)
+        # per direction, once its program passed a check for a steady packet in this
+        # call: the latency, records and bytes of its path (see "Checked once")
+        checked = np.zeros(2, np.bool_)
+        path_lat = np.zeros(2, np.int64)
+        path_rec = np.zeros(2, np.int64)
+        path_bytes = np.zeros(2, np.int64)
+        while t < horizon and first_step <= s < last_step and counts[FULL] == 0:
+            server = (s % 2) == 0 and s >= 4
+            d = 1 if server else 0
+            key = 2 * f + d
+            count = prog_len[key]
+            if count == 0:
+                break
+            first = prog_start[key]
+            steady = s < 3 + 2 * k_data
+            if steady:
+                flags = ACK if server else PSH | ACK
+            elif s == 2:     # the handshake's last ACK
+                flags = ACK
+            else:            # the teardown: FIN, FIN-ACK, ACK
+                flags = ACK if s == 5 + 2 * k_data else FIN | ACK
+            tt = t
+            ok = True
+            n_rec = 0
+            n_bytes = 0
+            if steady and checked[d]:
+                tt = t + path_lat[d]
+                n_rec = path_rec[d]
+                n_bytes = path_bytes[d]
+                count_check = 0
+            else:
+                count_check = count
+            # check: the path is still the program's, and valid for this packet
+            for r in range(first, first + count_check):
+                kind = ops[r, 0]
+                a = ops[r, 1]
+                if kind == OP_LINK:
+                    if a < 0 or a >= n_ports:
+                        return -2 - r
+                    q = peer[a]
+                    if q < 0 or q >= n_ports or not up[a] or not up[q]:
+                        ok = False
+                        break
+                    tt += latency[a]
+                elif kind == OP_CT:
+                    direction = ops[r, 3]
+                    if a < 0 or a >= n_cts or ops[r, 2] < 0 or ops[r, 2] >= len(cts[a]) \
+                            or ops[r, 4] < 0 or ops[r, 4] >= len(snap) \
+                            or (direction != ct.ORIGINAL and direction != ct.REPLY):
+                        return -2 - r
+                    rec = cts[a][ops[r, 2]]
+                    if (rec.status & ct.IPS_CONFIRMED) == 0 or not _same_tuples(rec, snap[ops[r, 4]]) \
+                            or rec.expires <= max(tt, horizon):
+                        ok = False
+                        break
+                    if direction == ct.REPLY and (rec.status & ct.IPS_SEEN_REPLY) == 0:
+                        ok = False  # the lookup would set SEEN_REPLY: the fast path does that
+                        break
+                    if rec.proto == 6 and tcp_next(np.int64(rec.state), flags, direction) < 0:
+                        ok = False   # INVALID: the fast path says so
+                        break
+                elif kind == OP_FDB_LEARN or kind == OP_FDB_FWD:
+                    if a < 0 or a >= n_fdbs or (kind == OP_FDB_LEARN and ops[r, 3] < 0) \
+                            or ops[r, 2] < 0 or ops[r, 2] > fdbk.MAX_MAC:
+                        return -2 - r
+                    entries = fdb_entries[a]
+                    ageing = fdb_states[a][0].ageing
+                    j = _fdb_slot(entries, fdb_salts[a], ops[r, 2], ops[r, 3], ops[r, 4])
+                    if ageing == 0 or j < 0 or ((entries[j].flags & fdbk.FLAG_LOCAL) == 0
+                                                and entries[j].updated + ageing <= max(tt, horizon)):
+                        ok = False
+                        break
+                    ops[r, 4] = j
+                elif kind == OP_ENCAP:
+                    if a < 0 or a >= len(ip_ids):
+                        return -2 - r
+                elif kind == OP_CAP:
+                    if a < 0 or a >= len(tpl):
+                        return -2 - r
+                    if not steady:
+                        ok = False   # templates are of data and ACKs: a teardown is captured by the fast path
+                        break
+                    n_rec += 1
+                    n_bytes += tpl[a, 1]
+                elif kind != OP_DELIVER:
+                    return -2 - r
+            if not ok or tt >= horizon:   # nothing may happen to a table before the packet arrives
+                break
+            if steady and not checked[d]:
+                checked[d] = True
+                path_lat[d] = tt - t
+                path_rec[d] = n_rec
+                path_bytes[d] = n_bytes
+            if counts[N_REC] + n_rec > len(cap_start) or counts[N_BYTES] + n_bytes > len(cap_buf):
+                counts[FULL] = 1
+                break
+            arrive = tt
+            # commit: what each hop does to its tables (and its capture) for this packet
+            pkt = counts[NEXT_ID]
+            counts[NEXT_ID] += 1
+            if server:
+                ip_id = (np.int64(ipid_s[f]) + s) & 0xFFFF
+                seq = (np.int64(isn_s[f]) + 1) & 0xFFFFFFFF
+                ack = (np.int64(isn_c[f]) + 1 + ((s - 4) // 2 + 1) * payload) & 0xFFFFFFFF
+            else:
+                ip_id = (np.int64(ipid_c[f]) + s) & 0xFFFF
+                seq = (np.int64(isn_c[f]) + 1 + ((s - 3) // 2) * payload) & 0xFFFFFFFF
+                ack = (np.int64(isn_s[f]) + 1) & 0xFFFFFFFF
+            tag = (np.uint64(f) << np.uint64(16)) | np.uint64(s)
+            outer_id = np.int64(0)
+            tt = t
+            for r in range(first, first + count):
+                kind = ops[r, 0]
+                a = ops[r, 1]
+                if kind == OP_LINK:
+                    tt += latency[a]
+                elif kind == OP_CT:
+                    rec = cts[a][ops[r, 2]]
+                    seen_reply = (rec.status & ct.IPS_SEEN_REPLY) != 0 or ops[r, 3] == ct.REPLY
+                    p = np.int64(rec.proto)
+                    state = np.int64(rec.state)
+                    if p == 6:
+                        state = tcp_next(state, flags, ops[r, 3])
+                        if state != rec.state:   # a shorter timeout, maybe: check again
+                            checked[0] = False
+                            checked[1] = False
+                    _refresh(rec, state, tt + _timeout(p, state, seen_reply))
+                    if (p == 6 and (state & 0x7F) == TCP_ESTABLISHED) or (p != 6 and seen_reply):
+                        rec.status |= ct.IPS_ASSURED
+                elif kind == OP_FDB_LEARN:
+                    entries = fdb_entries[a]
+                    j = ops[r, 4]   # found by the check
+                    if tt > entries[j].updated:
+                        entries[j].updated = tt
+                    st = fdb_states[a][0]
+                    if min(tt, end) > st.now:
+                        st.now = min(tt, end)
+                elif kind == OP_ENCAP:
+                    outer_id = ip_ids[a]
+                    ip_ids[a] = (outer_id + 1) & 0xFFFF
+                elif kind == OP_CAP:
+                    k = counts[N_REC]
+                    pos = counts[N_BYTES]
+                    n = _emit(tpl_buf, tpl, a, cap_buf, pos, ip_id, seq, ack, tag, outer_id)
+                    cap_start[k] = pos
+                    cap_len[k] = n
+                    cap_port[k] = tpl[a, 2]
+                    cap_time[k] = tt
+                    cap_pkt[k] = pkt
+                    cap_note[k] = tpl[a, 3]
+                    counts[N_REC] = k + 1
+                    counts[N_BYTES] = pos + n
+            sent[2 * i + d] += 1
+            lat[2 * i + d] = arrive - t
+            if server:
+                echoes[f] += 1
+                if s > c_got[f]:
+                    c_got[f] = s
+            if arrive > last:
+                last = arrive
+            s += 1
+            t = arrive
+        out_step[i] = s
+        out_time[i] = t
+    return last
+
+
+def _updated(x, name: str, dtype, ndim: int = 1) -> np.ndarray:
+    """_check.array for an array the kernel writes to: it must be the caller's
+    own (C-contiguous, so no copy is made behind its back)."""
+    if isinstance(x, np.ndarray) and not x.flags.c_contiguous:
+        raise ValueError(f"{name}: must be C-contiguous (updated in place)")
+    return _check.array(x, name, dtype, ndim)
+
+
+class Result(NamedTuple):
+    step: np.ndarray       # where each item's flow stopped: its next step and when it leaves
+    time: np.ndarray
+    sent: np.ndarray       # [2 * item + direction]: packets carried (0 client -> server)
+    latency: np.ndarray    # [2 * item + direction]: the one-way latency of the last of them
+    last: int              # the latest arrival, -1 if none
+
+
+def replay(flow, step, time, end: int, horizon: int, k_data: int, payload: int, prog_start, prog_len, ops, snap,
+           cts: tuple, fdbs: tuple, peer, latency, up, ip_ids, flows: Flows, capture: Capture, counts) -> Result:
+    """Carry the flows on (see the module docstring). cts: the conntrack
+    tables' `conns` arrays by table number; fdbs: kernels.fdb.Fdb by bridge
+    number; ip_ids: each counter's next IP id (updated); counts: int64
+    [records written, bytes written, next packet id, full] (updated)."""
+    flow = _check.array(flow, "flow", np.int64)
+    step = _check.array(step, "step", np.int64)
+    time = _check.array(time, "time", np.int64)
+    n = _check.same_length(flow=flow, step=step, time=time)
+    prog_start = _check.array(prog_start, "prog_start", np.int64)
+    prog_len = _check.array(prog_len, "prog_len", np.int64)
+    ops = _check.array(ops, "ops", np.int64, ndim=2)
+    if ops.shape[1] != OPS:
+        raise ValueError(f"ops: expected {OPS} columns, got {ops.shape[1]}")
+    if not isinstance(snap, np.ndarray) or snap.dtype != ct.CONN_DTYPE or snap.ndim != 1:
+        raise ValueError("snap: expected a 1-D array of conntrack records (CONN_DTYPE)")
+    fl = Flows(*(_updated(a, name, dt) for a, name, dt in zip(
+        flows, Flows._fields, (np.uint32, np.uint32, np.uint16, np.uint16, np.int64, np.int64, np.bool_))))
+    n_flows = _check.same_length(**dict(zip(Flows._fields, fl)))
+    if len(prog_start) != len(prog_len) or len(prog_start) != 2 * n_flows:
+        raise ValueError("prog_start/prog_len: two programs (one per direction) per flow")
+    _check.in_range(flow, "flow", 0, n_flows - 1)
+    if len(prog_len) and (prog_len.min() < 0 or prog_start[prog_len > 0].min(initial=0) < 0
+                          or (prog_start + prog_len).max() > len(ops)):
+        raise ValueError("prog_start/prog_len: programs must lie within ops")
+    peer = _check.array(peer, "peer", np.int32)
+    latency = _check.array(latency, "latency", np.int64)
+    up = _check.array(up, "up", np.bool_)
+    _check.same_length(peer=peer, latency=latency, up=up)
+    ip_ids = _updated(ip_ids, "ip_ids", np.int64)
+    _check.in_range(ip_ids, "ip_ids", 0, 0xFFFF)
+    cap = Capture(*(_updated(a, name, dt, ndim=2 if name == "tpl" else 1) for a, name, dt in zip(
+        capture, Capture._fields, (np.uint8, np.int64, np.uint8, np.int64, np.int64, np.int32, np.int64, np.int64,
+                                   np.int32))))
+    if cap.tpl.shape[1] != TPL:
+        raise ValueError(f"tpl: expected {TPL} columns")
+    _check.same_length(start=cap.start, length=cap.length, port=cap.port, time=cap.time, pkt_id=cap.pkt_id,
+                       note=cap.note)
+    if len(cap.tpl):
+        t = cap.tpl
+        bad = (t[:, 0] < 0) | (t[:, 1] < 14 + 40) | (t[:, 0] + t[:, 1] > len(cap.tpl_buf)) \
+            | ((t[:, 4] != 14) & (t[:, 4] != 64)) | (t[:, 4] + 40 > t[:, 1])
+        if not bad.any():   # the inner IPv4 total length within the frame too
+            at = t[:, 0] + t[:, 4] + 2
+            total = cap.tpl_buf[at].astype(np.int64) << 8 | cap.tpl_buf[at + 1]
+            bad = (total < 40) | (t[:, 4] + total > t[:, 1])
+        if bad.any():
+            raise ValueError(f"tpl: template {int(np.nonzero(bad)[0][0])} does not fit its bytes")
+    counts = _updated(counts, "counts", np.int64)
+    if len(counts) != 4 or not (0 <= counts[N_REC] <= len(cap.start) and 0 <= counts[N_BYTES] <= len(cap.buf)):
+        raise ValueError("counts: [records, bytes, next packet id, full], within the capture arrays")
+    if not 8 <= payload <= 1400:
+        raise ValueError("payload: 8..1400 bytes")
+    out = Result(np.empty(n, np.int64), np.empty(n, np.int64), np.zeros(2 * n, np.int64), np.zeros(2 * n, np.int64),
+                 -1)
+    if not n:
+        return out
+    for k, conns in enumerate(cts):
+        if not isinstance(conns, np.ndarray) or conns.dtype != ct.CONN_DTYPE or conns.ndim != 1:
+            raise ValueError(f"cts[{k}]: expected a conntrack table's conns (CONN_DTYPE records)")
+    for k, f in enumerate(fdbs):
+        if not isinstance(f, fdbk.Fdb) or f.entries.dtype != fdbk.ENTRY_DTYPE or f.state.dtype != fdbk.STATE_DTYPE:
+            raise ValueError(f"fdbs[{k}]: expected a kernels.fdb.Fdb")
+    n_cts, n_fdbs = len(cts), len(fdbs)
+    cts = tuple(cts) if cts else (ct._aligned_zeros(1, ct.CONN_DTYPE),)  # numba wants a non-empty tuple
+    fdbs = tuple(fdbs) if fdbs else (fdbk.make_fdb(1),)
+    last = _replay(flow, step, time, np.int64(end), np.int64(max(horizon, end)), np.int64(k_data),
+                   np.int64(payload), prog_start, prog_len, ops, snap, cts, np.int64(n_cts),
+                   tuple(f.entries for f in fdbs), tuple(f.state for f in fdbs),
+                   np.array([f.salt for f in fdbs], np.uint64), np.int64(n_fdbs), peer, latency, up,
+                   ip_ids, *fl, *cap, counts, out.step, out.time, out.sent, out.latency)
+    if last <= -2:
+        r = -2 - int(last)
+        raise ValueError(f"ops: row {r} ({ops[r].tolist()}) refers to nothing that exists")
+    return out._replace(last=int(last))

@@ -1,0 +1,237 @@
+"""Plain-Python reference for kernels.replay: the flow cache's replay of
+established flows along their programs, one packet at a time, written from
+the module's docstring and the staged path's references rather than from
+the kernel: tests.reference.flow for the conntrack step (the "same state
+never brings the expiry forward" rule), emu.dataplane.conntrack.tcp_next for
+the TCP tracker, emu.bulk.traffic's `script` for each packet's flags,
+sequence and acknowledgement numbers, and tests.reference.checksum for the
+checksums of the captured frames, recomputed from scratch (the kernel
+updates them incrementally). FDB entries are found by scanning the table
+for the MAC (no hashing).
+
+`replay` takes the kernel wrapper's arguments and mutates the same inputs
+the kernel does: conntrack records, FDB entries and clocks, the slot hints
+in `ops`, the IP id counters, the flows' c_got and echoes, the capture
+buffer, columns and `counts`. A packet is carried only if it also arrives
+before `horizon` (the caller's next event). `stops`, if given, collects why
+each item's flow stopped (for tests that check their worlds reach every
+branch)."""
+from __future__ import annotations
+
+import struct
+
+from emu.dataplane import conntrack as dct
+from kernels import conntrack as ct
+from kernels import fdb as fdbk
+from kernels.replay import (FULL, N_BYTES, N_REC, NEXT_ID, OP_CAP, OP_CT, OP_DELIVER, OP_ENCAP, OP_FDB_FWD,
+                            OP_FDB_LEARN, OP_LINK, Result)
+from tests.reference import checksum as cks
+from tests.reference import flow as rflow
+
+FIN, ACK, PSH = 0x01, 0x10, 0x08
+TUPLE_FIELDS = ("zone", "proto", "orig_src", "orig_dst", "orig_sport", "orig_dport",
+                "reply_src", "reply_dst", "reply_sport", "reply_dport")
+
+
+def script(f, s, k, payload, isn_c, isn_s, ipid_c, ipid_s):
+    """emu.bulk.traffic's packet s of flow f (TCP): (from server, flags, seq,
+    ack, IP id), for the handshake's ACK, the steady steps and the teardown."""
+    ic, isv = int(isn_c[f]), int(isn_s[f])
+    server = s % 2 == 0 and s >= 4
+    if s == 2:   # the handshake's last ACK
+        flags, seq, ack = ACK, ic + 1, isv + 1
+    elif 3 <= s < 3 + 2 * k:
+        if not server:
+            flags, seq, ack = PSH | ACK, ic + 1 + (s - 3) // 2 * payload, isv + 1
+        else:
+            flags, seq, ack = ACK, isv + 1, ic + 1 + ((s - 4) // 2 + 1) * payload
+    elif s == 3 + 2 * k:
+        flags, seq, ack = FIN | ACK, ic + 1 + k * payload, isv + 1
+    elif s == 4 + 2 * k:
+        flags, seq, ack = FIN | ACK, isv + 1, ic + 2 + k * payload
+    elif s == 5 + 2 * k:
+        flags, seq, ack = ACK, ic + 2 + k * payload, isv + 2
+    else:
+        raise AssertionError(f"step {s} is not replayed")
+    ip_id = (int(ipid_s[f] if server else ipid_c[f]) + s) & 0xFFFF
+    return server, flags, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, ip_id
+
+
+def fdb_slot(entries, mac):
+    """The slot holding `mac` (a scan), or -1."""
+    for j in range(len(entries)):
+        if int(entries[j]["mac"]) == mac:
+            return j
+    return -1
+
+
+def _get16(b, p):
+    return b[p] << 8 | b[p + 1]
+
+
+def captured(template: bytes, inner: int, ip_id: int, seq: int, ack: int, tag: int, outer_id: int) -> bytes:
+    """The template frame with this packet's fields and every checksum computed afresh."""
+    b = bytearray(template)
+    ip = inner
+    ihl = (b[ip] & 0x0F) * 4
+    total = _get16(b, ip + 2)
+    b[ip + 4:ip + 6] = struct.pack("!H", ip_id)
+    b[ip + 10:ip + 12] = struct.pack("!H", cks.ipv4_header_checksum(bytes(b[ip:ip + ihl])))
+    l4 = ip + ihl
+    doff = (b[l4 + 12] >> 4) * 4
+    b[l4 + 4:l4 + 12] = struct.pack("!II", seq, ack)
+    if total - ihl - doff >= 8:
+        b[l4 + doff:l4 + doff + 8] = struct.pack("!Q", tag)
+    src, dst = struct.unpack("!II", bytes(b[ip + 12:ip + 20]))
+    seg = bytes(b[l4:ip + total])
+    b[l4 + 16:l4 + 18] = struct.pack("!H", cks.l4_checksum(src, dst, 6, seg))
+    if inner == 64:   # VXLAN: the outer IPv4 header's id is the encapsulation's
+        o = 14
+        b[o + 4:o + 6] = struct.pack("!H", outer_id & 0xFFFF)
+        b[o + 10:o + 12] = struct.pack("!H", cks.ipv4_header_checksum(bytes(b[o:o + 20])))
+    return bytes(b)
+
+
+def _bad(r, row):
+    return ValueError(f"ops: row {r} ({row}) refers to nothing that exists")
+
+
+def _check(rows, r0, t, horizon, steady, flags, ops, snap, cts, fdbs, peer, latency, up, ip_ids, tpl):
+    """The checks of one packet's program: (arrival, None) or (None, why)."""
+    tt = t
+    for r, (kind, a, b, c, d) in zip(range(r0, r0 + len(rows)), rows):
+        if kind == OP_LINK:
+            if not 0 <= a < len(peer):
+                raise _bad(r, rows)
+            q = int(peer[a])
+            if not (0 <= q < len(peer)) or not up[a] or not up[q]:
+                return None, "link"
+            tt += int(latency[a])
+        elif kind == OP_CT:
+            if not (0 <= a < len(cts) and 0 <= b < len(cts[a]) and 0 <= d < len(snap)) or c not in (0, 1):
+                raise _bad(r, rows)
+            rec = cts[a][b]
+            if not int(rec["status"]) & ct.IPS_CONFIRMED:
+                return None, "ct_unconfirmed"
+            if any(int(rec[k]) != int(snap[d][k]) for k in TUPLE_FIELDS):
+                return None, "ct_tuples"
+            if int(rec["expires"]) <= max(tt, horizon):
+                return None, "ct_expired"
+            if c == ct.REPLY and not int(rec["status"]) & ct.IPS_SEEN_REPLY:
+                return None, "ct_reply_unseen"
+            if int(rec["proto"]) == 6 and dct.tcp_next(int(rec["state"]), flags, c) < 0:
+                return None, "ct_tcp_invalid"
+        elif kind in (OP_FDB_LEARN, OP_FDB_FWD):
+            if not 0 <= a < len(fdbs) or (kind == OP_FDB_LEARN and c < 0) or not 0 <= b <= fdbk.MAX_MAC:
+                raise _bad(r, rows)
+            entries = fdbs[a].entries
+            ageing = int(fdbs[a].state[0]["ageing"])
+            j = fdb_slot(entries, b)
+            if ageing == 0:
+                return None, "fdb_no_learning"
+            if j < 0:
+                return None, "fdb_unknown"
+            e = entries[j]
+            local = bool(int(e["flags"]) & fdbk.FLAG_LOCAL)
+            if (c < 0) != local or (not local and int(e["port"]) != c):
+                return None, "fdb_port"
+            if not local and int(e["updated"]) + ageing <= max(tt, horizon):
+                return None, "fdb_aged"
+            ops[r, 4] = j   # the slot hint
+        elif kind == OP_ENCAP:
+            if not 0 <= a < len(ip_ids):
+                raise _bad(r, rows)
+        elif kind == OP_CAP:
+            if not 0 <= a < len(tpl):
+                raise _bad(r, rows)
+            if not steady:
+                return None, "cap_teardown"
+        elif kind != OP_DELIVER:
+            raise _bad(r, rows)
+    return tt, None
+
+
+def replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len, ops, snap, cts, fdbs, peer,
+           latency, up, ip_ids, flows, capture, counts, stops=None) -> Result:
+    horizon = max(int(horizon), int(end))
+    end = int(end)
+    n = len(flow)
+    out_step, out_time = [0] * n, [0] * n
+    sent, lat = [0] * (2 * n), [0] * (2 * n)
+    last = -1
+    tpl = [[int(x) for x in row] for row in capture.tpl]
+    tpl_buf = capture.tpl_buf.tobytes()
+    for i in range(n):
+        f, s, t = int(flow[i]), int(step[i]), int(time[i])
+        stop_steps = 3 + 2 * k_data + (3 if flows.teardown[f] else 0)
+        first_step = 2 if flows.teardown[f] else 3
+        why = None
+        while True:
+            if counts[FULL]:
+                why = "full"
+                break
+            if t >= horizon:
+                why = "horizon"
+                break
+            if not first_step <= s < stop_steps:
+                why = "step"
+                break
+            server, flags, seq, ack, ip_id = script(f, s, k_data, payload, flows.isn_c, flows.isn_s,
+                                                    flows.ipid_c, flows.ipid_s)
+            key = 2 * f + (1 if server else 0)
+            r0, count = int(prog_start[key]), int(prog_len[key])
+            if count == 0:
+                why = "no_program"
+                break
+            rows = [tuple(int(x) for x in ops[r]) for r in range(r0, r0 + count)]
+            arrive, why = _check(rows, r0, t, horizon, s < 3 + 2 * k_data, flags, ops, snap, cts, fdbs, peer,
+                                 latency, up, ip_ids, tpl)
+            if why is not None:
+                break
+            if arrive >= horizon:   # it must arrive before the caller's next event
+                why = "arrives_late"
+                break
+            caps = [a for kind, a, *_ in rows if kind == OP_CAP]
+            if int(counts[N_REC]) + len(caps) > len(capture.start) \
+                    or int(counts[N_BYTES]) + sum(tpl[a][1] for a in caps) > len(capture.buf):
+                counts[FULL] = 1
+                why = "full"
+                break
+            # commit, hop by hop
+            pkt = int(counts[NEXT_ID])
+            counts[NEXT_ID] = pkt + 1
+            tt = t
+            outer_id = 0
+            for kind, a, b, c, d in rows:
+                if kind == OP_LINK:
+                    tt += int(latency[a])
+                elif kind == OP_CT:
+                    rflow.ct_advance(cts[a], b, c, int(cts[a][b]["proto"]), flags, tt)
+                elif kind == OP_FDB_LEARN:
+                    e = fdbs[a].entries[fdb_slot(fdbs[a].entries, b)]
+                    e["updated"] = max(int(e["updated"]), tt)
+                    st = fdbs[a].state[0]
+                    st["now"] = max(int(st["now"]), min(tt, end))
+                elif kind == OP_ENCAP:
+                    outer_id = int(ip_ids[a])
+                    ip_ids[a] = (outer_id + 1) & 0xFFFF
+                elif kind == OP_CAP:
+                    start, length, port, note, inner = tpl[a]
+                    frame = captured(tpl_buf[start:start + length], inner, ip_id, seq, ack, (f << 16) | s, outer_id)
+                    k, pos = int(counts[N_REC]), int(counts[N_BYTES])
+                    capture.buf[pos:pos + length] = bytearray(frame)
+                    capture.start[k], capture.length[k], capture.port[k] = pos, length, port
+                    capture.time[k], capture.pkt_id[k], capture.note[k] = tt, pkt, note
+                    counts[N_REC], counts[N_BYTES] = k + 1, pos + length
+            d = 1 if server else 0
+            sent[2 * i + d] += 1
+            lat[2 * i + d] = arrive - t
+            if server:
+                flows.echoes[f] += 1
+                flows.c_got[f] = max(int(flows.c_got[f]), s)
+            last = max(last, arrive)
+            s, t = s + 1, arrive
+        if stops is not None:
+            stops.append(why)
+        out_step[i], out_time[i] = s, t
+    return Result(out_step, out_time, sent, lat, last)

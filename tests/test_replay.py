@@ -1,0 +1,599 @@
+"""kernels.replay against its reference (tests/reference/replay.py): random
+small worlds (conntrack tables with TCP and UDP connections in several
+states, expired, unconfirmed, without SEEN_REPLY, with changed tuples; FDBs
+with aged, moved, unknown and local entries, ageing 0, stale slot hints;
+ports down and unpaired; programs of every row kind, flows without one;
+plain and VXLAN capture templates; items in and out of the steady and
+teardown steps, before and after `end` and `horizon`; capture arrays too
+small), then everything the kernel may change compared. Also: Scapy checks
+the reference's captured frames, the wrapper's validation, and a
+bounds-checked fuzz run."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels import conntrack as ct
+from kernels import fdb as fdbk
+from kernels import replay as rk
+from kernels.flow import fill_frames
+from kernels.replay import (OP_CAP, OP_CT, OP_DELIVER, OP_ENCAP, OP_FDB_FWD, OP_FDB_LEARN, OP_LINK, Capture,
+                            Flows)
+from kernels.rewrite import vxlan_outer_one
+from tests.reference import checksum as cks
+from tests.reference import replay as ref
+from tests.util import run_with_boundscheck
+
+SENTINEL = -7
+FILL = 0xA5
+
+
+# --- worlds ------------------------------------------------------------------------------
+
+def _mac(rng):
+    return int(0x020000000000 | int(rng.integers(1, 2**32)))   # locally administered unicast
+
+
+def _tables(rng, bad):
+    tables = []
+    for _ in range(int(rng.integers(1, 3))):
+        cap = int(rng.integers(3, 10))
+        t = ct.make_table(cap, seed=int(rng.integers(0, 2**32)))
+        n = cap
+        src = (rng.integers(1, 9, n) | 0x0A000000).astype(np.uint32)
+        dst = (rng.integers(1, 9, n) | 0x0A600000).astype(np.uint32)
+        sp = rng.integers(1000, 1100, n).astype(np.uint16)
+        dp = rng.choice(np.array([80, 443], np.uint16), n)
+        proto = np.where(rng.random(n) < 0.8, 6, 17).astype(np.uint8)
+        nat = rng.random(n) < 0.3   # DNAT'd: the reply comes from a backend
+        rsrc = np.where(nat, rng.integers(1, 9, n) | 0x0AF40000, dst).astype(np.uint32)
+        rsp = np.where(nat, 8080, dp).astype(np.uint16)
+        states = np.array([3, 3, 3, 3, 2, 4, 4 | 0x80, 5, 6, 7, 1, 0, 0, 8], np.uint8)
+        state = np.where(proto == 6, rng.choice(states, n), 0).astype(np.uint8)
+        ct.insert(t, rng.integers(0, 2, n).astype(np.uint16), src, dst, sp, dp, proto, rsrc, src, rsp, sp, state,
+                  np.full(n, 10, np.int64), 0)
+        c = t.conns
+        c["expires"] = np.where(rng.random(cap) < 2 * bad, rng.integers(0, 8000, cap),
+                                10**16 + rng.integers(0, 10**6, cap))   # past any horizon
+        c["status"] |= np.where(rng.random(cap) < 1 - 3 * bad, ct.IPS_SEEN_REPLY, 0).astype(np.uint16)
+        c["status"] |= np.where(rng.random(cap) < 0.3, ct.IPS_ASSURED, 0).astype(np.uint16)
+        c["status"] &= np.where(rng.random(cap) < bad / 2, ~np.uint16(ct.IPS_CONFIRMED), 0xFFFF).astype(np.uint16)
+        tables.append(t.conns)
+    return tables
+
+
+def _fdbs(rng, bad):
+    fdbs, macs = [], []
+    for _ in range(int(rng.integers(1, 3))):
+        ageing = int(rng.choice([0, 1500, 4000, 10**16], p=[bad / 3, bad * 2, bad * 2, 1 - bad * 13 / 3]))
+        f = fdbk.make_fdb(int(rng.integers(8, 17)), ageing, seed=int(rng.integers(0, 2**32)))
+        n = int(rng.integers(2, 7))
+        m = np.array([_mac(rng) for _ in range(n)], np.uint64)
+        fdbk.learn(f, m, rng.integers(0, 4, n).astype(np.int32), np.sort(rng.integers(0, 3000, n)).astype(np.int64))
+        local = [_mac(rng) for _ in range(int(rng.integers(1, 3)))]
+        for mac in local:
+            fdbk.add_permanent(f, mac, int(rng.integers(-1, 4)))
+        fdbs.append(f)
+        macs.append(([int(x) for x in m], local))
+    return fdbs, macs
+
+
+def _templates(rng, n_ports):
+    n = int(rng.choice([0, 1, 2, 4]))
+    buf = np.zeros(n * 256, np.uint8)
+    rows = []
+    for k in range(n):
+        base = k * 256
+        vx = rng.random() < 0.4
+        inner = base + (50 if vx else 0)
+        plen = int(rng.choice([0, 0, 3, 8, 20, 64]))
+        u = lambda d, hi: np.array([rng.integers(0, hi)], d)  # noqa: E731
+        length = int(fill_frames(buf, np.array([inner], np.int64), np.array([6], np.uint8), u(np.uint32, 2**32),
+                                 u(np.uint32, 2**32), u(np.uint16, 2**16), u(np.uint16, 2**16), u(np.uint32, 2**32),
+                                 u(np.uint32, 2**32), np.array([0x18 if plen else 0x10], np.uint8),
+                                 u(np.uint16, 2**16), rng.integers(0, 256, 64).astype(np.uint8),
+                                 np.array([plen], np.uint16))[0])
+        if vx:
+            vxlan_outer_one(buf, base, length, 0xC0A80001, int(rng.integers(0, 2**32)), int(rng.integers(0, 2**16)),
+                            8472, 1, 64, int(rng.integers(0, 2**16)))
+            length += 50
+        rows.append([base, length, int(rng.integers(0, n_ports)), int(rng.integers(0, 100)), 64 if vx else 14])
+    return buf, np.array(rows, np.int64).reshape(-1, rk.TPL)
+
+
+def _snap_of(rec, rng, snaps, bad):
+    s = np.zeros(1, ct.CONN_DTYPE)
+    s[0] = rec
+    if rng.random() < bad / 2:   # the connection was replaced since the program was learned
+        k = str(rng.choice(ref.TUPLE_FIELDS))
+        s[k] = int(s[k][0]) ^ 1
+    snaps.append(s[0])
+    return len(snaps) - 1
+
+
+def _row(rng, kind, w, snaps, fdb_macs):
+    if kind == OP_LINK:
+        ports = w["paired"] if len(w["paired"]) and rng.random() >= w["bad"] else np.arange(len(w["peer"]))
+        return [kind, int(rng.choice(ports)), 0, 0, 0]
+    if kind == OP_CT:
+        a = int(rng.integers(0, len(w["cts"])))
+        conns = w["cts"][a]
+        b = int(rng.integers(0, len(conns)))
+        return [kind, a, b, int(rng.random() < 0.5), _snap_of(conns[b], rng, snaps, w["bad"])]
+    if kind in (OP_FDB_LEARN, OP_FDB_FWD):
+        a = int(rng.integers(0, len(w["fdbs"])))
+        f = w["fdbs"][a]
+        learned, local = fdb_macs[a]
+        u = rng.random()
+        mac = _mac(rng) if u < w["bad"] / 2 else int(rng.choice(local)) if u < w["bad"] \
+            or (kind == OP_FDB_FWD and u > 0.8) else int(rng.choice(learned))
+        j = ref.fdb_slot(f.entries, mac)
+        local = j >= 0 and bool(f.entries[j]["flags"] & fdbk.FLAG_LOCAL)
+        if j >= 0 and rng.random() < 1 - w["bad"]:
+            port = -1 if local else int(f.entries[j]["port"])
+        else:
+            port = int(rng.integers(-1, 4))
+        if kind == OP_FDB_LEARN and port < 0:
+            port = int(rng.integers(0, 4))
+        u = rng.random()
+        hint = -1 if u < 0.5 else j if u < 0.7 else int(rng.integers(0, len(f.entries))) if u < 0.9 \
+            else int(rng.choice([-5, len(f.entries), 10**6]))
+        return [kind, a, mac, port, hint]
+    if kind == OP_ENCAP:
+        return [kind, int(rng.integers(0, len(w["ip_ids"]))), 0, 0, 0]
+    if kind == OP_CAP:
+        return [kind, int(rng.integers(0, len(w["tpl"]))), 0, 0, 0]
+    return [OP_DELIVER, 0, 0, 0, 0]
+
+
+def _programs(rng, w, fdb_macs):
+    n_flows = len(w["isn_c"])
+    ops, snaps = [], []
+    prog_start = np.zeros(2 * n_flows, np.int64)
+    prog_len = np.zeros(2 * n_flows, np.int64)
+    for key in range(2 * n_flows):
+        if rng.random() < 0.3:   # rows no program names
+            ops += [[int(rng.integers(0, 100)), -9, -9, -9, -9] for _ in range(int(rng.integers(1, 3)))]
+        if rng.random() < w["bad"]:
+            prog_start[key] = int(rng.integers(0, len(ops) + 1))
+            continue
+        teardown = bool(w["teardown"][key // 2])
+        rows = []
+        for _ in range(int(rng.integers(1, 5))):   # hops
+            for kind, p in ((OP_LINK, 0.8), (OP_CT, 0.5), (OP_FDB_LEARN, 0.3), (OP_FDB_FWD, 0.3), (OP_ENCAP, 0.25),
+                            (OP_CAP, 0.0 if teardown or not len(w["tpl"]) else 0.35)):
+                if rng.random() < p:
+                    rows.append(_row(rng, kind, w, snaps, fdb_macs))
+        if not rows or rng.random() < 0.9:
+            rows.append([OP_DELIVER, 0, 0, 0, 0])
+        prog_start[key] = len(ops)
+        prog_len[key] = len(rows)
+        ops += rows
+    snap = ct._aligned_zeros(len(snaps), ct.CONN_DTYPE)
+    for k, s in enumerate(snaps):
+        snap[k] = s
+    return np.array(ops, np.int64).reshape(-1, rk.OPS), prog_start, prog_len, snap
+
+
+def make_world(seed):
+    """A random valid world: a dict of everything `replay` takes."""
+    rng = np.random.default_rng(seed)
+    w = {"bad": float(rng.choice([0.0, 0.03, 0.15]))}   # how often things are not steady
+    n_flows = int(rng.integers(1, 5))
+    w["k"] = int(rng.choice([0, 1, 2, 3, 3]))
+    w["payload"] = int(rng.choice([8, 100, 1400]))
+    near = lambda hi, n: np.where(rng.random(n) < 0.3, hi - 1 - rng.integers(0, 30, n), rng.integers(0, hi, n))  # noqa
+    w["isn_c"] = near(2**32, n_flows).astype(np.uint32)
+    w["isn_s"] = near(2**32, n_flows).astype(np.uint32)
+    w["ipid_c"] = near(2**16, n_flows).astype(np.uint16)
+    w["ipid_s"] = near(2**16, n_flows).astype(np.uint16)
+    w["c_got"] = rng.integers(0, 8, n_flows).astype(np.int64)
+    w["echoes"] = rng.integers(0, 5, n_flows).astype(np.int64)
+    w["teardown"] = rng.random(n_flows) < 0.5
+    n_ports = int(rng.integers(2, 9))
+    perm = rng.permutation(n_ports)
+    peer = np.full(n_ports, -1, np.int32)
+    for a, b in zip(perm[0::2], perm[1::2]):
+        if rng.random() < 1 - w["bad"]:
+            peer[a], peer[b] = b, a
+    w["paired"] = np.nonzero(peer >= 0)[0]
+    peer[rng.random(n_ports) < w["bad"] / 3] = n_ports + 2   # a peer that is no port
+    w["peer"] = peer
+    w["latency"] = rng.integers(1, 400, n_ports).astype(np.int64)
+    w["up"] = rng.random(n_ports) >= w["bad"] / 2
+    w["cts"] = _tables(rng, w["bad"])
+    w["fdbs"], fdb_macs = _fdbs(rng, w["bad"])
+    w["ip_ids"] = near(2**16, int(rng.integers(1, 4))).astype(np.int64)
+    w["tpl_buf"], w["tpl"] = _templates(rng, n_ports)
+    w["ops"], w["prog_start"], w["prog_len"], w["snap"] = _programs(rng, w, fdb_macs)
+    n = int(rng.integers(1, 7))
+    w["flow"] = rng.integers(0, n_flows, n).astype(np.int64)
+    last = 3 + 2 * w["k"] + 3
+    w["step"] = np.where(rng.random(n) < 0.6, rng.integers(3, 5, n), rng.integers(0, last + 2, n)).astype(np.int64)
+    w["time"] = rng.integers(0, 6000, n).astype(np.int64)
+    w["end"] = int(rng.integers(0, 4000))
+    w["horizon"] = int(rng.choice([rng.integers(0, 30000), 10**15]))
+    small = rng.random() < 0.35
+    n_rec = int(rng.integers(0, 6)) if small else 200
+    n_bytes = int(rng.integers(0, 700)) if small else 60000
+    w["cap"] = [np.full(n_bytes, FILL, np.uint8), *(np.full(n_rec, SENTINEL, d) for d in
+                                                      (np.int64, np.int64, np.int32, np.int64, np.int64, np.int32))]
+    w["counts"] = np.array([rng.integers(0, n_rec + 1) if small else 3, rng.integers(0, n_bytes + 1) if small else 100,
+                            rng.integers(0, 1000), rng.random() < 0.03], np.int64)
+    return w
+
+
+def _aligned_copy(recs):
+    out = ct._aligned_zeros(len(recs), recs.dtype)
+    out[:] = recs
+    return out
+
+
+def _copy_fdb(f):
+    e = fdbk._aligned_empty(len(f.entries))
+    e[:] = f.entries
+    return fdbk.Fdb(e, f.state.copy(), f.salt)
+
+
+def args(w):
+    """replay's arguments, every array a fresh copy."""
+    c = lambda a: a.copy()  # noqa: E731
+    flows = Flows(*(c(w[k]) for k in ("isn_c", "isn_s", "ipid_c", "ipid_s", "c_got", "echoes", "teardown")))
+    cap = Capture(c(w["tpl_buf"]), c(w["tpl"]), *(c(a) for a in w["cap"]))
+    return [c(w["flow"]), c(w["step"]), c(w["time"]), w["end"], w["horizon"], w["k"], w["payload"],
+            c(w["prog_start"]), c(w["prog_len"]), c(w["ops"]), _aligned_copy(w["snap"]),
+            tuple(_aligned_copy(t) for t in w["cts"]), tuple(_copy_fdb(f) for f in w["fdbs"]), c(w["peer"]),
+            c(w["latency"]), c(w["up"]), c(w["ip_ids"]), flows, cap, c(w["counts"])]
+
+
+def _same_records(a, b) -> bool:
+    """Equal records, field by field (padding is not compared)."""
+    return len(a) == len(b) and all(np.array_equal(a[f], b[f]) for f in a.dtype.names)
+
+
+def assert_same(got, want, a, b):
+    """Result and every argument the kernel may change (a: the kernel's, b: the reference's)."""
+    assert list(got.step) == list(want.step)
+    assert list(got.time) == list(want.time)
+    assert list(got.sent) == list(want.sent)
+    assert list(got.latency) == list(want.latency)
+    assert got.last == want.last
+    for x, y in zip(a[11], b[11]):
+        assert _same_records(x, y)
+    for x, y in zip(a[12], b[12]):
+        assert _same_records(x.entries, y.entries)
+        assert _same_records(x.state, y.state)
+    assert np.array_equal(a[9], b[9])           # ops: the slot hints
+    assert np.array_equal(a[16], b[16])         # ip_ids
+    for x, y in zip(a[17], b[17]):              # flows: c_got, echoes (the rest must not change either)
+        assert np.array_equal(x, y)
+    assert np.array_equal(a[19], b[19])         # counts
+    for name, x, y in zip(Capture._fields, a[18], b[18]):
+        assert np.array_equal(x, y), name
+    for k in (0, 1, 2, 7, 8, 10, 13, 14, 15):   # inputs nobody changes
+        assert np.array_equal(a[k], b[k])
+
+
+def run_both(w, stops=None):
+    a, b = args(w), args(w)
+    got = rk.replay(*a)
+    want = ref.replay(*b, stops=stops)
+    assert_same(got, want, a, b)
+    return got
+
+
+# --- property tests ----------------------------------------------------------------------
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_replay_equals_reference(seed):
+    run_both(make_world(seed))
+
+
+def test_worlds_reach_every_branch():
+    """The random worlds are not vacuous: packets are carried and captured,
+    and every reason a flow stops occurs."""
+    stops = []
+    sent = caps = encaps = fuller = 0
+    for seed in range(300):
+        w = make_world(seed)
+        got = run_both(w, stops)
+        sent += int(np.sum(got.sent))
+        a = args(w)
+        rk.replay(*a)
+        caps += int(a[19][rk.N_REC] - w["counts"][rk.N_REC])
+        encaps += int(np.sum(a[16] != w["ip_ids"]))
+        fuller += int(a[19][rk.FULL] and not w["counts"][rk.FULL])
+    reasons = set(stops)
+    want = {"full", "horizon", "arrives_late", "step", "no_program", "link", "ct_unconfirmed", "ct_tuples",
+            "ct_expired", "ct_reply_unseen", "ct_tcp_invalid", "fdb_no_learning", "fdb_unknown", "fdb_port",
+            "fdb_aged"}
+    assert want - reasons == set(), sorted(map(str, want - reasons))
+    assert sent > 800 and caps > 100 and encaps > 50 and fuller > 10
+
+
+def test_teardown_and_wraps_carried():
+    """Flows run through their teardown (not captured: CAP rows only for the
+    flow without one); sequence numbers and IP ids wrap."""
+    w = _valid()
+    w.update(k=2, payload=1400)
+    w["isn_c"][:] = 2**32 - 3000
+    w["isn_s"][:] = 2**32 - 1
+    w["ipid_c"][:] = 65534
+    w["ipid_s"][:] = 65535
+    w["teardown"][:] = True
+    w["teardown"][0] = False
+    n_flows = len(w["isn_c"])
+    ports = len(w["peer"])
+    w["peer"] = np.arange(ports, dtype=np.int32) ^ 1
+    if ports % 2:
+        w["peer"][-1] = ports - 1
+    w["up"][:] = True
+    w["ip_ids"][:] = 65535
+    conns = w["cts"][0]
+    conns["status"] |= ct.IPS_CONFIRMED | ct.IPS_SEEN_REPLY
+    conns["expires"] = 10**16   # past the horizon
+    conns["state"] = np.where(conns["proto"] == 6, 3, 0)
+    snap = ct._aligned_zeros(1, ct.CONN_DTYPE)
+    snap[0] = conns[0]
+    rows = [[OP_LINK, 0, 0, 0, 0], [OP_CT, 0, 0, 0, 0], [OP_ENCAP, 0, 0, 0, 0], [OP_CAP, 0, 0, 0, 0]]
+    prog = []
+    for key in range(2 * n_flows):
+        r = [list(x) for x in rows]
+        r[1][3] = key % 2
+        if key // 2 != 0:
+            r = [x for x in r if x[0] != OP_CAP]
+        prog.append(r + [[OP_DELIVER, 0, 0, 0, 0]])
+    w["prog_start"] = np.cumsum([0] + [len(p) for p in prog[:-1]]).astype(np.int64)
+    w["prog_len"] = np.array([len(p) for p in prog], np.int64)
+    w["ops"] = np.array(sum(prog, []), np.int64)
+    w["snap"] = snap
+    w["flow"] = np.arange(n_flows, dtype=np.int64)
+    w["step"] = np.full(n_flows, 3, np.int64)
+    w["time"] = np.zeros(n_flows, np.int64)
+    w["horizon"] = 10**9   # 1 s: within every TCP timeout, as the caller's horizon is
+    w["cap"] = [np.full(60000, FILL, np.uint8), *(np.full(200, SENTINEL, d) for d in
+                                                  (np.int64, np.int64, np.int32, np.int64, np.int64, np.int32))]
+    w["counts"] = np.zeros(4, np.int64)
+    got = run_both(w)
+    assert got.step[0] == 3 + 2 * 2
+    assert list(got.step[1:]) == [3 + 2 * 2 + 3] * (n_flows - 1)
+
+
+def test_reference_frames_agree_with_scapy():
+    """The reference's captured frames (plain and under VXLAN): Scapy finds
+    every checksum right, and the IP id, sequence and acknowledgement
+    numbers the flows' script gives the packet the payload tag names."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    seen = tagged = vxlan = 0
+    for seed in range(60):
+        w = make_world(seed)
+        b = args(w)
+        ref.replay(*b)
+        cap, counts, flows = b[18], b[19], b[17]
+        for k in range(int(w["counts"][rk.N_REC]), int(counts[rk.N_REC])):
+            start, length = int(cap.start[k]), int(cap.length[k])
+            frame = bytes(cap.buf[start:start + length])
+            outer = Ether(frame)[IP]
+            inner = Ether(frame[50:])[IP] if outer.proto == 17 else None   # VXLAN
+            vxlan += inner is not None
+            for h in (outer, inner):
+                if h is not None:
+                    fresh = IP(bytes(h))
+                    del fresh.chksum
+                    assert IP(bytes(fresh)).chksum == h.chksum
+            ip = inner or outer
+            fresh = IP(bytes(ip))
+            del fresh[TCP].chksum
+            assert IP(bytes(fresh))[TCP].chksum == ip[TCP].chksum
+            data = bytes(ip[TCP].payload)
+            if len(data) >= 8:
+                tag = int.from_bytes(data[:8], "big")
+                f, s = tag >> 16, tag & 0xFFFF
+                _, _, seq, ack, ip_id = ref.script(f, s, w["k"], w["payload"], flows.isn_c, flows.isn_s,
+                                                   flows.ipid_c, flows.ipid_s)
+                assert (ip[TCP].seq, ip[TCP].ack, ip.id) == (seq, ack, ip_id)
+                tagged += 1
+            seen += 1
+    assert seen > 20 and tagged > 5 and vxlan > 5
+
+
+# --- validation ----------------------------------------------------------------------------
+
+def _valid():
+    """A small valid world and its arguments."""
+    for seed in range(100):
+        w = make_world(seed)
+        if len(w["tpl"]) and len(w["ops"]):
+            return w
+    raise AssertionError("no world with templates")
+
+
+def _bad(change):
+    w = _valid()
+    rk.replay(*args(w))   # as it is, it is fine
+    a = args(w)
+    change(a)
+    with pytest.raises(ValueError):
+        rk.replay(*a)
+
+
+def _set(k, v):
+    return lambda a: a.__setitem__(k, v)
+
+
+@pytest.mark.parametrize("change", [
+    _set(0, np.array([0], np.int32)),                         # flow: wrong dtype
+    lambda a: a.__setitem__(1, np.r_[a[1], 3]),                # step: not flow's length
+    _set(2, [0]),                                             # time: not an array
+    _set(7, np.zeros(1, np.int64)),                           # prog_start: not two per flow
+    lambda a: a.__setitem__(8, a[8][:-1]),                    # prog_len: not prog_start's length
+    lambda a: a.__setitem__(9, np.zeros((len(a[9]), 4), np.int64)),   # ops: four columns
+    lambda a: a.__setitem__(9, a[9].astype(np.int32)),        # ops: wrong dtype
+    lambda a: a.__setitem__(9, a[9].ravel()),                 # ops: one dimension
+    lambda a: a.__setitem__(10, np.zeros(2, np.int64)),       # snap: not records
+    lambda a: a.__setitem__(8, np.r_[a[8][:-1], len(a[9]) + 1]),      # a program past ops' end
+    lambda a: a.__setitem__(8, np.r_[a[8][:-1], -1]),         # a negative program length
+    lambda a: a[7].__setitem__(int(np.argmax(a[8] > 0)), -1),   # a program before ops' start
+    lambda a: a.__setitem__(0, np.full_like(a[0], len(a[17].isn_c))),  # a flow that does not exist
+    lambda a: a.__setitem__(13, a[13].astype(np.int64)),      # peer: wrong dtype
+    lambda a: a.__setitem__(14, a[14][:-1]),                  # latency: not peer's length
+    lambda a: a.__setitem__(15, a[15].astype(np.uint8)),      # up: not bool
+    lambda a: a.__setitem__(16, a[16].astype(np.uint16)),     # ip_ids: wrong dtype
+    lambda a: a.__setitem__(17, a[17]._replace(c_got=a[17].c_got[:-1])),
+    lambda a: a.__setitem__(17, a[17]._replace(isn_c=a[17].isn_c.astype(np.int64))),
+    lambda a: a.__setitem__(17, a[17]._replace(teardown=a[17].teardown.astype(np.int64))),
+    lambda a: a.__setitem__(18, a[18]._replace(tpl=a[18].tpl[:, :4].copy())),
+    lambda a: a.__setitem__(18, a[18]._replace(tpl_buf=a[18].tpl_buf[:10].copy())),   # templates past their bytes
+    lambda a: a[18].tpl.__setitem__((0, 4), 20),              # inner offset neither 14 nor 64
+    lambda a: a[18].tpl.__setitem__((0, 1), 40),              # too short for its headers
+    lambda a: a.__setitem__(18, a[18]._replace(port=a[18].port[:-1] if len(a[18].port) else np.zeros(1, np.int32))),
+    lambda a: a.__setitem__(18, a[18]._replace(time=a[18].time.astype(np.int32))),
+    lambda a: a.__setitem__(19, np.zeros(3, np.int64)),       # counts: three
+    lambda a: a[19].__setitem__(0, len(a[18].start) + 1),     # counts past the capture
+    lambda a: a[19].__setitem__(1, -1),
+    lambda a: a.__setitem__(6, 7),                            # payload below 8
+    lambda a: a.__setitem__(6, 1401),
+])
+def test_wrapper_rejects_bad_input(change):
+    _bad(change)
+
+
+def _one_row(*rows, cts=True, fdbs=True, vxlan=False):
+    """A one-flow world whose client program is `rows` then DELIVER (the
+    server has none), with one table, bridge, counter, template (under VXLAN
+    or not) and port pair, or no tables or bridges at all."""
+    t = ct.make_table(2)
+    ct.insert(t, *(np.zeros(1, d) for d in (np.uint16, np.uint32, np.uint32, np.uint16, np.uint16)),
+              np.array([6], np.uint8), *(np.zeros(1, d) for d in (np.uint32, np.uint32, np.uint16, np.uint16)),
+              np.array([3], np.uint8), np.array([10**12], np.int64), 0)
+    f = fdbk.make_fdb(4)
+    fdbk.learn(f, np.array([0x020000000001], np.uint64), np.array([0], np.int32), 0)
+    buf = np.zeros(120, np.uint8)
+    z = lambda d: np.zeros(1, d)  # noqa: E731
+    at = 50 if vxlan else 0
+    n = int(fill_frames(buf, np.array([at], np.int64), np.array([6], np.uint8), z(np.uint32), z(np.uint32),
+                        z(np.uint16), z(np.uint16), z(np.uint32), z(np.uint32), np.array([0x18], np.uint8),
+                        z(np.uint16), np.zeros(8, np.uint8), np.array([8], np.uint16))[0])
+    if vxlan:
+        vxlan_outer_one(buf, 0, n, 0xC0A80001, 0xC0A80002, 40000, 8472, 1, 64, 0)
+        n += 50
+    ops = np.array([*rows, [OP_DELIVER, 0, 0, 0, 0]], np.int64)
+    snap = ct._aligned_zeros(1, ct.CONN_DTYPE)
+    snap[0] = t.conns[0]
+    flows = Flows(z(np.uint32), z(np.uint32), z(np.uint16), z(np.uint16), z(np.int64), z(np.int64), z(np.bool_))
+    cap = Capture(buf[:n].copy(), np.array([[0, n, 0, 0, 64 if vxlan else 14]], np.int64),
+                  np.full(1000, FILL, np.uint8),
+                  *(np.zeros(10, d) for d in (np.int64, np.int64, np.int32, np.int64, np.int64, np.int32)))
+    return [np.zeros(1, np.int64), np.array([3], np.int64), np.zeros(1, np.int64), 0, 10**6, 2, 100,
+            np.array([0, 0], np.int64), np.array([len(ops), 0], np.int64), ops, snap, (t.conns,) if cts else (),
+            (f,) if fdbs else (), np.array([1, 0], np.int32), np.array([5, 5], np.int64), np.ones(2, np.bool_),
+            np.zeros(1, np.int64), flows, cap, np.zeros(4, np.int64)]
+
+
+GOOD_ROWS = [[OP_LINK, 0, 0, 0, 0], [OP_CT, 0, 0, 0, 0], [OP_FDB_LEARN, 0, 0x020000000001, 0, -1],
+             [OP_FDB_FWD, 0, 0x020000000001, 0, -1], [OP_ENCAP, 0, 0, 0, 0], [OP_CAP, 0, 0, 0, 0]]
+BAD_ROWS = [[OP_LINK, 2, 0, 0, 0], [OP_LINK, -1, 0, 0, 0], [OP_CT, 1, 0, 0, 0], [OP_CT, 0, 2, 0, 0],
+            [OP_CT, 0, 0, 0, 1], [OP_CT, 0, -1, 0, 0], [OP_FDB_LEARN, 1, 0x020000000001, 0, -1],
+            [OP_FDB_LEARN, 0, 0x020000000001, -1, -1], [OP_FDB_FWD, -1, 0x020000000001, 0, -1],
+            [OP_ENCAP, 1, 0, 0, 0], [OP_CAP, 1, 0, 0, 0], [OP_CAP, -1, 0, 0, 0], [0, 0, 0, 0, 0], [9, 0, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("row", GOOD_ROWS)
+def test_one_row_programs_carry_the_flow(row):
+    a, b = _one_row(row), _one_row(row)
+    got, want = rk.replay(*a), ref.replay(*b)
+    assert_same(got, want, a, b)
+    assert got.step[0] > 3
+
+
+@pytest.mark.parametrize("row", BAD_ROWS)
+def test_rows_naming_nothing_raise(row):
+    for side in (rk.replay, ref.replay):
+        with pytest.raises(ValueError, match="refers to nothing"):
+            side(*_one_row(row))
+
+
+def test_vxlan_capture_after_encap():
+    """The outer header of a captured VXLAN frame gets the id its ENCAP drew."""
+    rows = ([OP_LINK, 0, 0, 0, 0], [OP_ENCAP, 0, 0, 0, 0], [OP_CAP, 0, 0, 0, 0])
+    a, b = _one_row(*rows, vxlan=True), _one_row(*rows, vxlan=True)
+    for x in (a, b):
+        x[16][0] = 65535
+        x[8][1] = x[8][0]   # the server's packets take the same program
+    got, want = rk.replay(*a), ref.replay(*b)
+    assert_same(got, want, a, b)
+    cap = a[18]
+    ids = [int.from_bytes(bytes(cap.buf[p + 18:p + 20]), "big") for p in cap.start[:int(a[19][0])].tolist()]
+    assert ids == [65535, 0, 1, 2] and list(got.step) == [7]
+
+
+# Defects found while writing these tests (now fixed): the wrapper rejects
+# what the kernel cannot take.
+
+@pytest.mark.parametrize("row, kw", [([OP_CT, 0, 0, 0, 0], dict(cts=False)),
+                                     ([OP_FDB_FWD, 0, 0x020000000001, 0, -1], dict(fdbs=False)),
+                                     ([OP_FDB_LEARN, 0, 0x020000000001, 0, -1], dict(fdbs=False))])
+def test_rows_naming_a_missing_table_raise(row, kw):
+    with pytest.raises(ValueError, match="refers to nothing"):
+        rk.replay(*_one_row(row, **kw))
+
+
+def test_wrapper_rejects_tables_of_another_dtype():
+    a = _one_row([OP_CT, 0, 0, 0, 0])
+    a[11] = (np.zeros(2, np.int64),)
+    with pytest.raises(ValueError):
+        rk.replay(*a)
+
+
+def test_template_shorter_than_its_ip_length_is_rejected():
+    a = _one_row([OP_CAP, 0, 0, 0, 0])
+    a[18].tpl[0, 1] = 54   # headers only, while the IPv4 total length still counts 8 bytes of data
+    before = a[18].buf.copy()
+    try:
+        rk.replay(*a)
+    except ValueError:
+        return
+    assert np.array_equal(a[18].buf[54:], before[54:]), "bytes past the record written"
+
+
+@pytest.mark.parametrize("next_id", [65536 + 5, -1])
+def test_ip_ids_beyond_16_bits_rejected_or_masked(next_id):
+    a = _one_row([OP_ENCAP, 0, 0, 0, 0], [OP_CAP, 0, 0, 0, 0], vxlan=True)
+    a[16][0] = next_id
+    try:
+        rk.replay(*a)
+    except ValueError:
+        return
+    frame = bytes(a[18].buf[:int(a[18].length[0])])
+    assert int.from_bytes(frame[24:26], "big") == cks.ipv4_header_checksum(frame[14:34])
+
+
+@pytest.mark.parametrize("kind", [OP_FDB_FWD, OP_FDB_LEARN])
+def test_fdb_row_for_no_mac_is_not_carried(kind):
+    a = _one_row([kind, 0, -1, 0, -1])
+    try:
+        out = rk.replay(*a)
+    except ValueError:
+        return
+    assert out.step[0] == 3
+
+
+# --- bounds-checked fuzz -------------------------------------------------------------------
+
+def test_kernel_in_bounds_under_boundscheck():
+    out = run_with_boundscheck("""
+        import numpy as np
+        from kernels import replay as rk
+        from tests.test_replay import make_world, args
+        sent = 0
+        for seed in range(150):
+            w = make_world(10**6 + seed)
+            out = rk.replay(*args(w))
+            sent += int(out.sent.sum())
+        print("ok", sent)
+    """)
+    assert out.startswith("ok") and int(out.split()[1]) > 0
