@@ -179,11 +179,16 @@ def test_e2e_new_tcp_connections(benchmark, record):
 
 def test_conntrack_memory_for_10m_flows(record, benchmark):
     """10 M concurrent flows: the node table (kernels.conntrack) plus the
-    traffic generator's per-flow state, from the array sizes."""
+    traffic generator's per-flow state and the flow cache at its bounds, from
+    the array sizes."""
+    from emu.bulk import flowcache as fc
     per_flow_state = 8 + 8 + 4 + 2 + 4 + 4 + 2 + 2 + 4 + 4 + 2 + 2 + 8 + 1 + 1 + 1 + 8  # emu.bulk.traffic columns
     table = ct.table_bytes(10_000_000)
-    total = table + 10_000_000 * per_flow_state
+    cache = (10_000_000 * 2 * (8 + 8)                           # prog_start, prog_len per (flow, direction)
+             + fc.MAX_OPS * (fc.OPS * 8 + ct.CONN_DTYPE.itemsize)   # program rows, a snapshot per row at most
+             + fc.MAX_LEARNERS * fc.MAX_ROWS * len(fc.ROW) * 8)     # learners in flight
+    total = table + 10_000_000 * per_flow_state + cache
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     record("e2e memory, 10 M flows", "emu", 1, "tables", table_GiB=round(table / 2**30, 2),
-           total_GiB=round(total / 2**30, 2))
+           cache_GiB=round(cache / 2**30, 2), total_GiB=round(total / 2**30, 2))
     assert total < 4 * 2**30

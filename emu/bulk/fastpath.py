@@ -41,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 
 from emu.bulk.decide import A_DNAT, A_DROP, A_REJECT, Decider
-from emu.bulk.flowcache import OP_FAIL, _records, fingerprint
+from emu.bulk.flowcache import OP_FAIL, conn_records, fingerprint
 from emu.control.kubeproxy import MASQ_MARK
 from emu.control.kubeproxy import NONE as KP_NONE
 from emu.control.proxier import Proxier
@@ -228,7 +228,7 @@ class FastPath:
             if learn.any():
                 c = conn[learn]
                 self._log(idx[learn], OP_CT, self.cache.ct_table(ns), c, direction[learn],
-                          fp=fingerprint(_records(ns.conntrack.table.conns, c)))
+                          fp=fingerprint(conn_records(ns.conntrack.table.conns, c)))
 
     def _log_fdb(self, br, idx, src, ingress, dst, out) -> None:
         """br_fdb_update of the source, then the destination's entry (out -1: the bridge's own)."""

@@ -5,14 +5,15 @@ Learning. Packets the generator marks (Traffic._learners) get a learner
 slot (`Batch.learn`) and log into it, as they cross the fast path, the
 operations whose effect differs from packet to packet: the links they take
 (`transmit`), the conntrack entries they step (every conntrack hook, with a
-fingerprint of the entry's tuples), the bridge FDB entries they refresh and
-look up, the VXLAN encapsulations (one IP id each), the capture points
-(their frames and comments become templates), and their delivery. A
-learner that leaves the common case (handed to an interactive device,
-dropped, given a NAT binding or a kube-proxy decision that acts) fails.
-When a learner is delivered its rows become the (flow, direction)'s program
-(kernels.replay), provided every connection it stepped still holds the same
-tuples.
+fingerprint of the entry's original tuple), the bridge FDB entries they
+refresh and look up, the VXLAN encapsulations (one IP id each), the capture
+points (their frames and comments become templates), and their delivery.
+What only a connection's first packet does (the conntrack insert,
+kube-proxy's pick, the NAT binding) stays its own: the program is the path
+the packets after it take. A learner that leaves the common case (handed
+to an interactive device, dropped) fails. When a learner is delivered its
+rows become the (flow, direction)'s program (kernels.replay), provided
+every connection it stepped is still the same one.
 
 Everything else a hop does to an established packet (routes, neighbours,
 the NAT of an existing binding, MACs, TTL, kube-proxy's no-op for the outer
@@ -30,13 +31,16 @@ from __future__ import annotations
 import numpy as np
 
 from kernels import conntrack as ct
-from kernels import parse
+from kernels import parse, rewrite
 from kernels import replay as rk
 from kernels.replay import OP_CAP, OP_CT, OP_DELIVER, OP_FDB_FWD, OP_FDB_LEARN, OPS, TPL
 
 OP_FAIL = 0                 # learning only: a learner left the common case
 MAX_ROWS = 48               # a learner's rows at most (a two-node path with capture takes ~30)
 CAPTURE_RECORDS = 1 << 16   # room made in the taps before each replay call (more when it fills)
+MAX_OPS = 8 << 20           # program rows (40 bytes each) the cache holds at most: 320 MiB
+MAX_LEARNERS = 1 << 16      # learners in flight at most (MAX_ROWS x 40 bytes each: 120 MiB)
+COMPACT_AFTER = 1 << 18     # dead program rows before reclaiming them is worth a copy
 
 FREE, LEARNING, DELIVERED, FAILED = 0, 1, 2, 3
 # a logged row (one array each, [row, slot]): an operation's kind and arguments as
@@ -55,9 +59,13 @@ class FlowCache:
     def _clear(self) -> None:
         self.prog_start = np.zeros(2 * self.n, np.int64)
         self.prog_len = np.zeros(2 * self.n, np.int64)
-        self.ops = np.zeros((0, OPS), np.int64)     # programs' rows, the first _n_ops in use
+        # programs' rows (the first _n_ops in use) and their connections' snapshots: room
+        # for every flow's two programs up front (zeroed lazily by the OS: the pages no
+        # program reaches cost nothing), so they seldom grow
+        self.ops = np.zeros((min(MAX_OPS, 2 * self.n * 20), OPS), np.int64)
         self._n_ops = 0
-        self.snap = ct._aligned_zeros(0, ct.CONN_DTYPE)
+        self._dead = 0                               # rows of programs forgotten
+        self.snap = ct._aligned_zeros(min(MAX_OPS, 2 * self.n * 5), ct.CONN_DTYPE)
         self._n_snap = 0
         self.tpl_buf = np.zeros(0, np.uint8)
         self.tpl = np.zeros((0, TPL), np.int64)
@@ -78,10 +86,13 @@ class FlowCache:
 
     # -- learning (called by the generator and the fast path) --------------------------------
     def begin(self, batch, idx, keys) -> None:
-        """Packets idx start learning (flow, direction) keys."""
-        n = len(idx)
-        if not n:
+        """Packets idx start learning (flow, direction) keys: as many as
+        MAX_LEARNERS allows in flight, none while the programs fill MAX_OPS
+        (those flows stay on the fast path)."""
+        n = min(len(idx), MAX_LEARNERS - (len(self._key) - self._n_free))
+        if n <= 0 or self._n_ops - self._dead >= MAX_OPS:
             return
+        idx, keys = idx[:n], keys[:n]
         if n > self._n_free:
             self._grow(n)
         slots = self._free[self._n_free - n:self._n_free].copy()
@@ -132,26 +143,16 @@ class FlowCache:
             self._ended = True
             batch.learn[idx[sel_idx]] = -1
 
+    # the numbers programs give tables: a namespace's conntrack, a bridge's FDB,
+    # a namespace's IP id counter
     def ct_table(self, ns) -> int:
-        k = self._ct_ns.get(ns.id)
-        if k is None:
-            k = self._ct_ns[ns.id] = len(self._ct_objs)
-            self._ct_objs.append(ns)
-        return k
+        return _number(self._ct_ns, self._ct_objs, ns)
 
     def fdb(self, br) -> int:
-        k = self._fdb_br.get(br.id)
-        if k is None:
-            k = self._fdb_br[br.id] = len(self._fdb_objs)
-            self._fdb_objs.append(br)
-        return k
+        return _number(self._fdb_br, self._fdb_objs, br)
 
     def counter(self, ns) -> int:
-        k = self._enc_ns.get(ns.id)
-        if k is None:
-            k = self._enc_ns[ns.id] = len(self._enc_objs)
-            self._enc_objs.append(ns)
-        return k
+        return _number(self._enc_ns, self._enc_objs, ns)
 
     # -- compiling --------------------------------------------------------------------------
     def compile(self) -> None:
@@ -180,7 +181,7 @@ class FlowCache:
         isct = np.nonzero(kind == OP_CT)[0]
         for k in np.unique(rows[isct, 1]).tolist():   # each connection still the one stepped
             m = isct[rows[isct, 1] == k]
-            same = fingerprint(_records(self._ct_objs[k].conntrack.table.conns, rows[m, 2])) == fps[m]
+            same = fingerprint(conn_records(self._ct_objs[k].conntrack.table.conns, rows[m, 2])) == fps[m]
             ok[owner[m[~same]]] = False
         # the last good learner of each key (a flow with a short round trip may finish several)
         keys = self._key[good]
@@ -237,8 +238,7 @@ class FlowCache:
         start, length = cols["start"][records], cols["length"][records]
         frames = np.zeros(int(length.sum()), np.uint8)
         at = np.concatenate([[0], np.cumsum(length)[:-1]]).astype(np.int64)
-        for k in range(len(records)):
-            frames[at[k]:at[k] + length[k]] = taps.buf[start[k]:start[k] + length[k]]
+        rewrite.copy_ranges(taps.buf, start.astype(np.int64), length.astype(np.int64), frames, at)
         ports = sorted(set().union(*(ns._vxlan_ports() for ns in self._vxlan_owners())))
         h = parse.parse(frames, at, length, tuple(ports))
         inner = np.where((h.flags & parse.VXLAN) != 0, h.inner_off.astype(np.int64) + 14, 14)
@@ -259,6 +259,29 @@ class FlowCache:
 
     def has(self, keys) -> np.ndarray:
         return self.prog_len[keys] > 0
+
+    def forget(self, flows) -> None:
+        """Flows that ended: their programs go (the rows are reclaimed once
+        most of them are dead)."""
+        keys = np.concatenate([2 * np.asarray(flows, np.int64), 2 * np.asarray(flows, np.int64) + 1])
+        self._dead += int(self.prog_len[keys].sum())
+        self.prog_len[keys] = 0
+        if self._dead > COMPACT_AFTER and 2 * self._dead > self._n_ops:
+            self._compact()
+
+    def _compact(self) -> None:
+        """The live programs' rows (and their connections' snapshots) packed
+        at the start again."""
+        live = np.nonzero(self.prog_len > 0)[0]
+        lens = self.prog_len[live]
+        at = np.repeat(self.prog_start[live] - np.r_[0, np.cumsum(lens)[:-1]], lens) + np.arange(lens.sum())
+        ops = self.ops[at]
+        c = np.nonzero(ops[:, 0] == OP_CT)[0]
+        snaps = _words(self.snap)[ops[c, 4]].reshape(-1).view(ct.CONN_DTYPE)
+        ops[c, 4] = np.arange(len(c))
+        self._n_ops = self._n_snap = self._dead = 0
+        self.prog_start[live] = self._append_ops(ops) + np.r_[0, np.cumsum(lens)[:-1]]
+        self._append_snaps(_aligned(snaps))
 
     # -- replay -----------------------------------------------------------------------------
     def run(self, traffic, f, s, t, end: int, horizon: int) -> rk.Result:
@@ -322,14 +345,29 @@ _NO_RECORDS = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int3
                np.zeros(0, np.int64), np.zeros(0, np.int32))
 
 
+def _number(numbers: dict, devices: list, device) -> int:
+    k = numbers.get(device.id)
+    if k is None:
+        k = numbers[device.id] = len(devices)
+        devices.append(device)
+    return k
+
+
 def _words(conns) -> np.ndarray:
     """Conntrack records as rows of uint64 words: gathers and copies of them
     go at memory speed (a structured dtype copies field by field)."""
-    return conns.view(np.uint64).reshape(len(conns), -1)
+    return conns.view(np.uint64).reshape(len(conns), conns.dtype.itemsize // 8)
 
 
-def _records(conns, index) -> np.ndarray:
+def conn_records(conns, index) -> np.ndarray:
+    """conns[index] (conntrack records), gathered as words."""
     return _words(conns)[index].reshape(-1).view(ct.CONN_DTYPE)
+
+
+def _aligned(recs) -> np.ndarray:
+    out = ct._aligned_zeros(len(recs), ct.CONN_DTYPE)
+    _words(out)[:] = _words(recs)
+    return out
 
 
 def fingerprint(recs) -> np.ndarray:
@@ -345,4 +383,4 @@ def fingerprint(recs) -> np.ndarray:
     return (h ^ (h >> u(32))).view(np.int64)
 
 
-__all__ = ["FlowCache", "OP_FAIL", "fingerprint"]
+__all__ = ["FlowCache", "OP_FAIL", "conn_records", "fingerprint"]

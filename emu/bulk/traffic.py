@@ -31,9 +31,10 @@ connection sees: the flow breaks (a real one would answer RST).
 
 Frames come from templates (kernels.flow.fill_frames). Everything unusual
 goes through the interactive devices, the handshake and what the flow cache
-cannot carry through the fast path (emu.bulk.fastpath), and a TCP flow's
-data, ACKs and teardown, once its SYN-ACK and ACK have shown the path each
-way, through the flow cache (emu.bulk.flowcache, kernels.replay): the same
+cannot carry through the fast path (emu.bulk.fastpath), and the rest of a
+TCP flow (the handshake's ACK, data, ACKs, teardown), once its SYN and
+SYN-ACK have shown the path each way, through the flow cache
+(emu.bulk.flowcache, kernels.replay): the same
 tables, each packet at its own time. The cache runs ahead of the window up
 to the engine's next event (HORIZON_NS at most); what it changes commutes
 with the fast path's packets. `flow_cache=False` leaves it out: then the
@@ -425,7 +426,7 @@ class Traffic:
             nxt = ss + 1
             live = (nxt < self.steps) & ~self.broken[fs]
             self._schedule(fs[live], nxt[live], t[live])
-            self.done[fs[ss == self.steps - 1]] = True
+            self._finished(fs[ss == self.steps - 1])
         if at_client.any():
             fc, sc, t = f[at_client], s[at_client], times[at_client]
             np.add.at(self.echoes, fc, 1)
@@ -437,7 +438,12 @@ class Traffic:
                 nxt = sc + 1
                 live = (nxt < self.steps) & ~self.broken[fc]
                 self._schedule(fc[live], nxt[live], t[live])
-            self.done[fc[sc == self.steps - 1]] = True
+            self._finished(fc[sc == self.steps - 1])
+
+    def _finished(self, f) -> None:
+        self.done[f] = True
+        if self.fast is not None and self.fast.cache is not None and len(f):
+            self.fast.cache.forget(f)
 
     def _schedule(self, f, s, t) -> None:
         if not len(f):
@@ -710,8 +716,6 @@ class Traffic:
             while self._take(end):
                 self.fast.run(until=end)
             self.fast.run(until=end)
-            if self.fast.cache is not None:
-                self.fast.cache.compile()
             if progress is not None:
                 progress(self.sent, self.total)
 
@@ -795,7 +799,7 @@ class Traffic:
         s[g], t[g] = s2, t2
         finished = s >= self.steps
         if finished.any():    # the last ACK arrived
-            self.done[f[finished]] = True
+            self._finished(f[finished])
             f, s, t = f[~finished], s[~finished], t[~finished]
         later = t >= end
         if later.any():
