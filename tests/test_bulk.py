@@ -165,8 +165,10 @@ def test_flow_cache_changes_nothing_but_time_resolution(tmp_path, settings, clie
         t = Traffic(c, [client], target, protocol="tcp", flows=150, packets=12, rate_pps=3_000_000,
                     flow_cache=flow_cache)
         r = t.run()
-        out[flow_cache] = (r, _tables(c), t)
-    (r0, (ct0, fdb0, ids0), t0), (r1, (ct1, fdb1, ids1), t1) = out[False], out[True]
+        assert c.engine.now >= t._last          # the clock moved on to the last delivery
+        out[flow_cache] = (r, _tables(c), t, c.engine.now)
+    (r0, (ct0, fdb0, ids0), t0, now0), (r1, (ct1, fdb1, ids1), t1, now1) = out[False], out[True]
+    assert 0 <= now0 - now1 < 20_000          # (the fast path's last window ends a little later)
     assert r1.cached > r1.packets * 0.8 and r0.cached == 0
     for k in ("packets", "delivered", "flows", "completed", "broken", "backends", "drops", "conntrack",
               "latency_ns", "virtual_ns"):
