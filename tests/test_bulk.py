@@ -191,6 +191,22 @@ def test_flow_cache_changes_nothing_but_time_resolution(tmp_path, settings, clie
         assert late.min() >= 0 and late.max() < 20_000, node
 
 
+def test_flow_cache_learns_what_pays(tmp_path):
+    """One segment a connection: the client's program carries 4 packets (the
+    handshake's ACK, the segment, FIN, last ACK) and is learned; the server's
+    would carry 2 (ACK, FIN-ACK) and is not (MIN_CARRIED). Same outcome."""
+    out = {}
+    for flow_cache in (False, True):
+        c = cluster(tmp_path, capture=False)
+        warm(c, "web:80", "tcp")
+        r = Traffic(c, ["default/client"], "web:80", protocol="tcp", flows=100, packets=1,
+                    flow_cache=flow_cache).run()
+        out[flow_cache] = r
+    assert out[True].cached == 100 * 4 and out[False].cached == 0
+    for k in ("packets", "delivered", "completed", "broken", "backends", "drops", "conntrack"):
+        assert getattr(out[False], k) == getattr(out[True], k), k
+
+
 def test_flow_cache_programs_are_dropped_when_tables_change(tmp_path):
     """An event during the run (a backend deleted by kube-proxy's sync, with
     the interactive engine's packets in between) drops every program: the
