@@ -314,9 +314,10 @@ def test_worlds_reach_every_branch():
     assert sent > 800 and caps > 100 and encaps > 50 and fuller > 10
 
 
-def test_teardown_and_wraps_carried():
-    """Flows run through their teardown (not captured: CAP rows only for the
-    flow without one); sequence numbers and IP ids wrap."""
+def _teardown_world(capture_teardown: bool):
+    """Flows on a valid world, all marked for their teardown but flow 0
+    (unless capture_teardown); flow 0's programs have a capture point.
+    Sequence numbers and IP ids about to wrap."""
     w = _valid()
     w.update(k=2, payload=1400)
     w["isn_c"][:] = 2**32 - 3000
@@ -324,7 +325,7 @@ def test_teardown_and_wraps_carried():
     w["ipid_c"][:] = 65534
     w["ipid_s"][:] = 65535
     w["teardown"][:] = True
-    w["teardown"][0] = False
+    w["teardown"][0] = capture_teardown
     n_flows = len(w["isn_c"])
     ports = len(w["peer"])
     w["peer"] = np.arange(ports, dtype=np.int32) ^ 1
@@ -357,6 +358,13 @@ def test_teardown_and_wraps_carried():
     w["cap"] = [np.full(60000, FILL, np.uint8), *(np.full(200, SENTINEL, d) for d in
                                                   (np.int64, np.int64, np.int32, np.int64, np.int64, np.int32))]
     w["counts"] = np.zeros(4, np.int64)
+    return w, n_flows
+
+
+def test_teardown_and_wraps_carried():
+    """Flows run through their teardown (not captured: CAP rows only for the
+    flow without one); sequence numbers and IP ids wrap."""
+    w, n_flows = _teardown_world(False)
     got = run_both(w)
     assert got.step[0] == 3 + 2 * 2
     assert list(got.step[1:]) == [3 + 2 * 2 + 3] * (n_flows - 1)
@@ -366,45 +374,7 @@ def test_captured_teardown_is_left_to_the_fast_path():
     """A program with capture points carries data and ACKs only: a flow
     marked for its teardown stops at its FIN (the templates are of data and
     ACKs), and the reference says the same."""
-    w = _valid()
-    w.update(k=2, payload=1400)
-    w["isn_c"][:] = 2**32 - 3000
-    w["isn_s"][:] = 2**32 - 1
-    w["ipid_c"][:] = 65534
-    w["ipid_s"][:] = 65535
-    w["teardown"][:] = True
-    n_flows = len(w["isn_c"])
-    ports = len(w["peer"])
-    w["peer"] = np.arange(ports, dtype=np.int32) ^ 1
-    if ports % 2:
-        w["peer"][-1] = ports - 1
-    w["up"][:] = True
-    w["ip_ids"][:] = 65535
-    conns = w["cts"][0]
-    conns["status"] |= ct.IPS_CONFIRMED | ct.IPS_SEEN_REPLY
-    conns["expires"] = 10**16   # past the horizon
-    conns["state"] = np.where(conns["proto"] == 6, 3, 0)
-    snap = ct._aligned_zeros(1, ct.CONN_DTYPE)
-    snap[0] = conns[0]
-    rows = [[OP_LINK, 0, 0, 0, 0], [OP_CT, 0, 0, 0, 0], [OP_ENCAP, 0, 0, 0, 0], [OP_CAP, 0, 0, 0, 0]]
-    prog = []
-    for key in range(2 * n_flows):
-        r = [list(x) for x in rows]
-        r[1][3] = key % 2
-        if key // 2 != 0:
-            r = [x for x in r if x[0] != OP_CAP]
-        prog.append(r + [[OP_DELIVER, 0, 0, 0, 0]])
-    w["prog_start"] = np.cumsum([0] + [len(p) for p in prog[:-1]]).astype(np.int64)
-    w["prog_len"] = np.array([len(p) for p in prog], np.int64)
-    w["ops"] = np.array(sum(prog, []), np.int64)
-    w["snap"] = snap
-    w["flow"] = np.arange(n_flows, dtype=np.int64)
-    w["step"] = np.full(n_flows, 3, np.int64)
-    w["time"] = np.zeros(n_flows, np.int64)
-    w["horizon"] = 10**9   # 1 s: within every TCP timeout, as the caller's horizon is
-    w["cap"] = [np.full(60000, FILL, np.uint8), *(np.full(200, SENTINEL, d) for d in
-                                                  (np.int64, np.int64, np.int32, np.int64, np.int64, np.int32))]
-    w["counts"] = np.zeros(4, np.int64)
+    w, n_flows = _teardown_world(True)
     stops = []
     got = run_both(w, stops)
     assert got.step[0] == 3 + 2 * 2 and stops[0] == "cap_teardown"
