@@ -207,6 +207,19 @@ def test_flow_cache_learns_what_pays(tmp_path):
         assert getattr(out[False], k) == getattr(out[True], k), k
 
 
+def test_flow_cache_paths_too_long_stay_on_the_fast_path(tmp_path, monkeypatch):
+    """A learner whose path needs more than MAX_ROWS rows (here 3) fails:
+    no program, every packet on the fast path, the same outcome."""
+    from emu.bulk import flowcache
+    monkeypatch.setattr(flowcache, "MAX_ROWS", 3)
+    c = cluster(tmp_path, capture=False)
+    warm(c, "web:80", "tcp")
+    t = Traffic(c, ["default/client"], "web:80", protocol="tcp", flows=30, packets=4)
+    r = t.run()
+    assert r.cached == 0 and r.completed == 30 and not t.fast.cache.prog_len.any()
+    assert (t.fast.cache._state == flowcache.FREE).all()   # every slot given back
+
+
 def test_flow_cache_programs_are_dropped_when_tables_change(tmp_path):
     """An event during the run (a backend deleted by kube-proxy's sync, with
     the interactive engine's packets in between) drops every program: the

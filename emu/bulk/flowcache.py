@@ -69,7 +69,7 @@ class FlowCache:
         self._n_snap = 0
         self.tpl_buf = np.zeros(0, np.uint8)
         self.tpl = np.zeros((0, TPL), np.int64)
-        # learner slots: rows (kind, a, b, c, d, fingerprint), how many, the key, the state
+        # learner slots: rows (kind, a, b, c, fingerprint), how many, the key, the state
         self._rows = {name: np.zeros((MAX_ROWS, 0), np.int64) for name in ROW}
         self._fill = np.zeros(0, np.int64)
         self._key = np.zeros(0, np.int64)
@@ -129,6 +129,8 @@ class FlowCache:
         full = pos >= MAX_ROWS
         if full.any():                       # a path this long is not cached
             self._state[s[full]] = FAILED
+            self._ended = True
+            batch.learn[idx[sel_idx[full]]] = -1
             s, sel_idx, pos = s[~full], sel_idx[~full], pos[~full]
         self._rows["kind"][pos, s] = kind
         for name, col in (("a", a), ("b", b), ("c", c), ("fp", fp)):
