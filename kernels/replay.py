@@ -69,7 +69,8 @@ from kernels import conntrack as ct
 from kernels import fdb as fdbk
 from kernels._jit import jit
 from kernels.flow import ACK, FIN, TCP_ESTABLISHED, _refresh, _timeout, tcp_next
-from kernels.rewrite import _put16
+from kernels.checksum import csum_replace16, csum_replace32
+from kernels.rewrite import _get16, _get32, _put16, _put32
 
 OP_LINK, OP_CT, OP_FDB_LEARN, OP_FDB_FWD, OP_ENCAP, OP_CAP, OP_DELIVER = 1, 2, 3, 4, 5, 6, 7
 PSH = 0x08
@@ -130,19 +131,18 @@ def _fdb_slot(entries, salt, mac, port, hint):
 
 
 @jit
-def _get16(buf, p):
-    return (np.int64(buf[p]) << 8) | np.int64(buf[p + 1])
+def _set16(buf, p, new, check):
+    """Write the 16-bit word at p; the checksum covering it, updated."""
+    check = csum_replace16(check, _get16(buf, p), new)
+    _put16(buf, p, new)
+    return check
 
 
 @jit
-def _set16(buf, p, new, csum):
-    """Write the 16-bit word at p; the checksum covering it, updated (RFC 1624 eqn. 3)."""
-    old = _get16(buf, p)
-    _put16(buf, p, new)
-    s = ((~csum) & 0xFFFF) + ((~old) & 0xFFFF) + new
-    s = (s & 0xFFFF) + (s >> 16)
-    s = (s & 0xFFFF) + (s >> 16)
-    return (~s) & 0xFFFF
+def _set32(buf, p, new, check):
+    check = csum_replace32(check, _get32(buf, p), new)
+    _put32(buf, p, new)
+    return check
 
 
 @jit
@@ -155,14 +155,11 @@ def _emit(tpl_buf, tpl, k, buf, pos, ip_id, seq, ack, tag, outer_id):
     total = _get16(buf, ip + 2)
     _put16(buf, ip + 10, _set16(buf, ip + 4, ip_id, _get16(buf, ip + 10)))
     l4 = ip + 20
-    c = _get16(buf, l4 + 16)
-    c = _set16(buf, l4 + 4, (seq >> 16) & 0xFFFF, c)
-    c = _set16(buf, l4 + 6, seq & 0xFFFF, c)
-    c = _set16(buf, l4 + 8, (ack >> 16) & 0xFFFF, c)
-    c = _set16(buf, l4 + 10, ack & 0xFFFF, c)
+    c = _set32(buf, l4 + 4, seq, _get16(buf, l4 + 16))
+    c = _set32(buf, l4 + 8, ack, c)
     if total - 40 >= 8:
-        for w in range(4):
-            c = _set16(buf, l4 + 20 + 2 * w, np.int64((tag >> np.uint64(16 * (3 - w))) & np.uint64(0xFFFF)), c)
+        c = _set32(buf, l4 + 20, np.int64(tag >> np.uint64(32)), c)
+        c = _set32(buf, l4 + 24, np.int64(tag & np.uint64(0xFFFFFFFF)), c)
     _put16(buf, l4 + 16, c)
     if inner > 14:   # the outer IPv4 header of a VXLAN packet
         _put16(buf, pos + 24, _set16(buf, pos + 18, outer_id, _get16(buf, pos + 24)))

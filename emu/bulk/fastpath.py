@@ -232,6 +232,8 @@ class FastPath:
 
     def _log_fdb(self, br, idx, src, ingress, dst, out) -> None:
         """br_fdb_update of the source, then the destination's entry (out -1: the bridge's own)."""
+        if self.cache is None:
+            return
         k = self.cache.fdb(br)
         self._log(idx, OP_FDB_LEARN, k, src, ingress)
         self._log(idx, OP_FDB_FWD, k, dst, out)
@@ -1114,8 +1116,7 @@ class FastPath:
                 m = fwd & (d.out_port == p)
                 k = s[m]
                 out = br.bports[p]
-                if self.cache is not None:
-                    self._log_fdb(br, idx[k], macs.src[k], ingress[k], macs.dst[k], p)
+                self._log_fdb(br, idx[k], macs.src[k], ingress[k], macs.dst[k], p)
                 for q in _values(ingress[k]):
                     kk = k[ingress[k] == q]
                     inport = br.bports[q].name.split("/")[-1]
@@ -1125,8 +1126,7 @@ class FastPath:
             up_host = ((d.action & fdbk.LOCAL) != 0) & ((d.action & fdbk.FLOOD) == 0)
             k = s[up_host]
             if len(k):
-                if self.cache is not None:
-                    self._log_fdb(br, idx[k], macs.src[k], ingress[k], macs.dst[k], -1)
+                self._log_fdb(br, idx[k], macs.src[k], ingress[k], macs.dst[k], -1)
                 notes[k] = self.note(("brlocal", br.name), lambda: f"bridge {br.name}: to host")
                 if br.host_port is None:
                     self.drop(br, idx[k], Drop.BRIDGE_NO_PORT)

@@ -308,23 +308,23 @@ class FlowCache:
                 c = taps._cols
                 cap = rk.Capture(self.tpl_buf, self.tpl, taps.buf, c["start"], c["length"], c["port"], c["time"],
                                  c["pkt_id"], c["note"])
-                counts[0], counts[1] = taps.count, taps._used
+                counts[rk.N_REC], counts[rk.N_BYTES] = taps.count, taps._used
             else:
                 cap = rk.Capture(self.tpl_buf, self.tpl, np.zeros(0, np.uint8), *_NO_RECORDS)
             out = rk.replay(f, s, t, end, horizon, traffic.k, traffic.payload, self.prog_start, self.prog_len,
                             self.ops, self.snap, cts, fdbs, peer, latency, up, ip_ids, flows, cap, counts)
             if taps is not None:
-                taps.count, taps._used = int(counts[0]), int(counts[1])
+                taps.count, taps._used = int(counts[rk.N_REC]), int(counts[rk.N_BYTES])
             sent = out.sent if sent is None else sent + out.sent
             lat = out.latency if lat is None else np.where(out.sent > 0, out.latency, lat)
             last = max(last, out.last)
-            if not counts[3]:
+            if not counts[rk.FULL]:
                 break
-            counts[3] = 0
+            counts[rk.FULL] = 0
             s, t = out.step, out.time
         for ns, nxt in zip(self._enc_objs, ip_ids.tolist()):
             ns._ip_id = nxt
-        eng.pool._next_id = int(counts[2])
+        eng.pool._next_id = int(counts[rk.NEXT_ID])
         self.replayed += int(sent.sum())
         return rk.Result(out.step, out.time, sent, lat, last)
 

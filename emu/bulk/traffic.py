@@ -51,7 +51,6 @@ their latency. Latency is one way, send to delivery, on the virtual clock.
 """
 from __future__ import annotations
 
-import gc
 import struct
 import time as wallclock
 from dataclasses import dataclass, field
@@ -120,6 +119,12 @@ class Report:
         if self.flushed:
             rows.append(("conntrack flushed (UDP)", str(self.flushed)))
         return rows
+
+
+def _tcp_from_server(s) -> np.ndarray:
+    """Which TCP steps the server sends: the SYN-ACK, the ACKs of the data
+    (even steps from 4) and the FIN-ACK (4 + 2K)."""
+    return (s == 1) | ((s % 2 == 0) & (s >= 4))
 
 
 def set_conntrack_max(cluster, max_connections: int, nodes=None) -> None:
@@ -311,14 +316,14 @@ class Traffic:
         seq = np.zeros(n, np.int64)
         ack = np.zeros(n, np.int64)
         plen = np.zeros(n, np.uint16)
-        server = np.zeros(n, bool)
+        server = _tcp_from_server(s)
         j = (s - 3) // 2
         c_data = (s >= 3) & (s < 3 + 2 * k) & (s % 2 == 1)
         s_ack = (s >= 4) & (s < 4 + 2 * k) & (s % 2 == 0)
         sel = s == 0
         flags[sel], seq[sel] = SYN, ic[sel]
         sel = s == 1
-        flags[sel], seq[sel], ack[sel], server[sel] = SYN | ACK, isv[sel], ic[sel] + 1, True
+        flags[sel], seq[sel], ack[sel] = SYN | ACK, isv[sel], ic[sel] + 1
         sel = s == 2
         seq[sel], ack[sel] = ic[sel] + 1, isv[sel] + 1
         flags[c_data] = PSH | ACK
@@ -326,11 +331,11 @@ class Traffic:
         ack[c_data] = isv[c_data] + 1
         plen[c_data] = p
         jj = (s - 4) // 2
-        seq[s_ack], ack[s_ack], server[s_ack] = isv[s_ack] + 1, ic[s_ack] + 1 + (jj[s_ack] + 1) * p, True
+        seq[s_ack], ack[s_ack] = isv[s_ack] + 1, ic[s_ack] + 1 + (jj[s_ack] + 1) * p
         sel = s == 3 + 2 * k
         flags[sel], seq[sel], ack[sel] = FIN | ACK, ic[sel] + 1 + k * p, isv[sel] + 1
         sel = s == 4 + 2 * k
-        flags[sel], seq[sel], ack[sel], server[sel] = FIN | ACK, isv[sel] + 1, ic[sel] + 2 + k * p, True
+        flags[sel], seq[sel], ack[sel] = FIN | ACK, isv[sel] + 1, ic[sel] + 2 + k * p
         sel = s == 5 + 2 * k
         seq[sel], ack[sel] = ic[sel] + 2 + k * p, isv[sel] + 2
         return server, flags, (seq & 0xFFFFFFFF).astype(np.uint32), (ack & 0xFFFFFFFF).astype(np.uint32), plen
@@ -669,16 +674,10 @@ class Traffic:
                 self.fast.cache = FlowCache(eng, self.n)
                 self._token = None
             self._pending = [first]
-            collecting = gc.isenabled()
-            gc.disable()   # a bulk run makes no reference cycles worth the collector's passes
-            try:
-                self._loop(progress)
-                # the flow cache ran ahead of the last window: the clock goes on to
-                # the last delivery, as it would have with every packet in a window
-                eng.run(until_ns=max(eng.now, self._last))
-            finally:
-                if collecting:
-                    gc.enable()
+            self._loop(progress)
+            # the flow cache ran ahead of the last window: the clock goes on to
+            # the last delivery, as it would have with every packet in a window
+            eng.run(until_ns=max(eng.now, self._last))
         virtual = max(self._last - v0, 0)
         self.broken |= ~self.done   # a flow that did not finish is broken: none is silently lost
         for ns, key, before in reversed(self._bound):  # give the ports back as they were
@@ -788,7 +787,7 @@ class Traffic:
             cache.stale(self.fast.batch)
             self._token = token
         cache.compile()
-        key = 2 * f + (((s % 2) == 0) & (s >= 4))
+        key = 2 * f + _tcp_from_server(s)
         go = (self._steady(s) | ((s >= 2) & (s < self.steps) & ~self.cap[f])) & cache.has(key)
         if not go.any():
             return f, s, t
@@ -827,7 +826,7 @@ class Traffic:
         is then the path every packet after them takes), else any data
         segment or ACK. A captured flow learns from a data segment and its
         ACK: its program holds their frames and notes."""
-        server = self.script(f, s)[0]
+        server = _tcp_from_server(s)
         key = 2 * f + server
         first = ((s == 0) | (s == 1)) & ~self.cap[f]
         # a program pays for its learning once it carries a few packets: the client's
