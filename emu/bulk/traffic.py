@@ -51,6 +51,7 @@ their latency. Latency is one way, send to delivery, on the virtual clock.
 """
 from __future__ import annotations
 
+import gc
 import struct
 import time as wallclock
 from dataclasses import dataclass, field
@@ -674,10 +675,19 @@ class Traffic:
                 self.fast.cache = FlowCache(eng, self.n)
                 self._token = None
             self._pending = [first]
-            self._loop(progress)
-            # the flow cache ran ahead of the last window: the clock goes on to
-            # the last delivery, as it would have with every packet in a window
-            eng.run(until_ns=max(eng.now, self._last))
+            # the run allocates many short-lived arrays: with the collector on, each of
+            # its full passes walks every object of the process (costly after a big
+            # heap, Scapy's say), and a bulk run makes no cycles to collect
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                self._loop(progress)
+                # the flow cache ran ahead of the last window: the clock goes on to
+                # the last delivery, as it would have with every packet in a window
+                eng.run(until_ns=max(eng.now, self._last))
+            finally:
+                if collecting:
+                    gc.enable()
         virtual = max(self._last - v0, 0)
         self.broken |= ~self.done   # a flow that did not finish is broken: none is silently lost
         for ns, key, before in reversed(self._bound):  # give the ports back as they were
