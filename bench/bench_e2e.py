@@ -11,6 +11,7 @@ cni0, the backend's veth), in both directions.
 - established: TCP flows of K = 40 data segments each acknowledged (86
   packets a flow; the handshake and teardown are 6 of them), no capture;
 - the same with full capture on both pods' eth0 and the underlay ports;
+  and the same again, its pcapng written too;
 - new connections: TCP flows with one data segment (8 packets: SYN,
   SYN-ACK, ACK, data, ACK, FIN, FIN-ACK, ACK), each a NEW conntrack entry
   and a kube-proxy DNAT decision on node-1;
@@ -166,6 +167,27 @@ def test_e2e_established_flows(benchmark, record, capture):
     record(group, "emu", r.packets, "packets", target_rate=3e6 if capture == "off" else 1e6,
            vs_interactive=_ratio(rate, "interactive") if rate else None,
            vs_scapy=_ratio(rate, "scapy") if rate else None, slow_path=r.handed_off)
+
+
+def test_e2e_full_capture_written_to_pcapng(benchmark, record, tmp_path):
+    """The full-capture run and then its pcapng written (the compact capture
+    records are made into frames while writing: kernels.frametpl)."""
+    out = {}
+
+    def setup():
+        out["t"] = Traffic(_cluster(True), CLIENTS, "web:80", flows=FLOWS, packets=K, capture="full")
+        return (), {}
+
+    def run():
+        out["r"] = out["t"].run()
+        eng = out["t"].eng
+        out["frames"] = eng.taps.write_pcapng(tmp_path / "full.pcapng", eng)
+
+    benchmark.pedantic(run, setup=setup, rounds=1, iterations=1)
+    r = out["r"]
+    assert r.completed == 2 * FLOWS and out["frames"] > r.packets
+    record("e2e established + full capture + pcapng written", "emu", r.packets, "packets",
+           frames=out["frames"], pcapng_MiB=round((tmp_path / "full.pcapng").stat().st_size / 2**20))
 
 
 def test_e2e_new_tcp_connections(benchmark, record):

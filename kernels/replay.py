@@ -19,25 +19,27 @@ operation, in path order (columns kind, a, b, c, d).
                  b = MAC, c = port,     local entry, the bridge's own address) and has not aged
                  d = slot hint          (slot hints are the kernel's own: -1 at first)
     OP_ENCAP     a = counter            a VXLAN encapsulation draws the next IP id there
-    OP_CAP       a = template           a capture point: the template frame (the learner's, at
-                                        this point) with this packet's IP id, sequence and
-                                        acknowledgement numbers, payload tag and checksums, and
-                                        the id the encapsulation drew for an outer header. Data
-                                        and ACKs only: a teardown packet here is left to the
-                                        fast path
+    OP_CAP       a = template,          a capture point: templates a, a + 1, a + 2 are the frame
+                 b = TCP ports,         there of a steady packet (data or ACK), a pure ACK and a
+                 c = outer UDP          FIN (made from the learner's, with their own comments);
+                     source port        a record of the packet's template and fields (IP id,
+                                        the id the encapsulation drew for an outer header,
+                                        sequence and acknowledgement numbers, payload tag, and
+                                        the flow's ports b and c there) is written:
+                                        kernels.frametpl makes the frame from them
     OP_DELIVER                          the endpoint's socket
 
 The traffic is emu.bulk.traffic's closed loop: packet s of a flow leaves
 when packet s - 1 arrives. A flow's steady steps are its data segments
 (client -> server, PSH|ACK, odd steps) and their acknowledgements (server
--> client, ACK, even steps): 3 <= s < 3 + 2K. A flow that is not captured
-(Flows.teardown) is also carried for its handshake's ACK (s = 2, client)
-and its teardown (FIN, FIN-ACK, ACK: s = 3 + 2K .. 5 + 2K). For each item (flow, step,
-time) the kernel carries the flow on while its next packet is a steady step
-with a program, passes every check of its program and arrives before
-`horizon` (the caller's next event: a table may change then); the first
-packet that does not is left to the fast path (nothing of it done). A packet whose capture records would not fit stops its flow
-too, with `full` set: the caller drains the records and calls again.
+-> client, ACK, even steps): 3 <= s < 3 + 2K; the kernel also carries the
+handshake's ACK (s = 2, client) and the teardown (FIN, FIN-ACK, ACK: s = 3 +
+2K .. 5 + 2K). For each item (flow, step, time) the kernel carries the flow
+on while its next packet has a program, passes every check of its program
+and arrives before `horizon` (the caller's next event: a table may change
+then); the first packet that does not is left to the fast path (nothing of
+it done). A packet whose capture records would not fit stops its flow too,
+with `full` set: the caller drains the records and calls again.
 
 Order: flows are carried one after the other, possibly ahead of the fast
 path's window (`end`). What they share with other flows commutes: a
@@ -69,13 +71,11 @@ from kernels import conntrack as ct
 from kernels import fdb as fdbk
 from kernels._jit import jit
 from kernels.flow import ACK, FIN, TCP_ESTABLISHED, _refresh, _timeout, tcp_next
-from kernels.checksum import csum_replace16, csum_replace32
-from kernels.rewrite import _get16, _get32, _put16, _put32
+from kernels.frametpl import FIELD_BYTES, TPL, put_fields
 
 OP_LINK, OP_CT, OP_FDB_LEARN, OP_FDB_FWD, OP_ENCAP, OP_CAP, OP_DELIVER = 1, 2, 3, 4, 5, 6, 7
 PSH = 0x08
 OPS = 5          # columns of a program row: kind, a, b, c, d
-TPL = 5          # template columns: start, length, port, note, inner IPv4 offset (14, or 64 under VXLAN)
 (N_REC, N_BYTES, NEXT_ID, FULL) = range(4)   # the `counts` array
 
 
@@ -87,13 +87,13 @@ class Flows(NamedTuple):
     ipid_s: np.ndarray
     c_got: np.ndarray      # int64: the last step the client received (updated)
     echoes: np.ndarray     # int64: packets the client received (updated)
-    teardown: np.ndarray   # bool: not captured: its handshake's ACK and its teardown may be carried too
 
 
 class Capture(NamedTuple):
-    """Templates in; records out, written as emu.capture.taps keeps them: frames
-    in `buf` from byte counts[N_BYTES] on, record columns from row
-    counts[N_REC] on (up to their length: then FULL)."""
+    """Templates in; records out, written as emu.capture.taps keeps them:
+    template records (their fields in `buf` from byte counts[N_BYTES] on,
+    FIELD_BYTES each), columns from row counts[N_REC] on (up to their
+    length: then FULL)."""
     tpl_buf: np.ndarray    # uint8
     tpl: np.ndarray        # int64 [templates, TPL]
     buf: np.ndarray        # uint8
@@ -103,6 +103,7 @@ class Capture(NamedTuple):
     time: np.ndarray       # int64
     pkt_id: np.ndarray     # int64
     note: np.ndarray       # int32
+    tpl_id: np.ndarray     # int32: the record's template
 
 
 @jit
@@ -131,45 +132,9 @@ def _fdb_slot(entries, salt, mac, port, hint):
 
 
 @jit
-def _set16(buf, p, new, check):
-    """Write the 16-bit word at p; the checksum covering it, updated."""
-    check = csum_replace16(check, _get16(buf, p), new)
-    _put16(buf, p, new)
-    return check
-
-
-@jit
-def _set32(buf, p, new, check):
-    check = csum_replace32(check, _get32(buf, p), new)
-    _put32(buf, p, new)
-    return check
-
-
-@jit
-def _emit(tpl_buf, tpl, k, buf, pos, ip_id, seq, ack, tag, outer_id):
-    """Template k at buf[pos:] with this packet's fields, checksums updated
-    for what changed; its length."""
-    start, length, inner = tpl[k, 0], tpl[k, 1], tpl[k, 4]
-    buf[pos:pos + length] = tpl_buf[start:start + length]
-    ip = pos + inner
-    total = _get16(buf, ip + 2)
-    _put16(buf, ip + 10, _set16(buf, ip + 4, ip_id, _get16(buf, ip + 10)))
-    l4 = ip + 20
-    c = _set32(buf, l4 + 4, seq, _get16(buf, l4 + 16))
-    c = _set32(buf, l4 + 8, ack, c)
-    if total - 40 >= 8:
-        c = _set32(buf, l4 + 20, np.int64(tag >> np.uint64(32)), c)
-        c = _set32(buf, l4 + 24, np.int64(tag & np.uint64(0xFFFFFFFF)), c)
-    _put16(buf, l4 + 16, c)
-    if inner > 14:   # the outer IPv4 header of a VXLAN packet
-        _put16(buf, pos + 24, _set16(buf, pos + 18, outer_id, _get16(buf, pos + 24)))
-    return length
-
-
-@jit
 def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len, ops, snap, cts, n_cts, fdb_entries,
             fdb_states, fdb_salts, n_fdbs, peer, latency, up, ip_ids, isn_c, isn_s, ipid_c, ipid_s, c_got, echoes,
-            teardown, tpl_buf, tpl, cap_buf, cap_start, cap_len, cap_port, cap_time, cap_pkt, cap_note, counts, out_step,
+            tpl_buf, tpl, cap_buf, cap_start, cap_len, cap_port, cap_time, cap_pkt, cap_note, cap_tpl, counts, out_step,
             out_time, sent, lat):
     """The loops of `replay` in one function (helpers taking the table tuples
     would pay reference counting on every call). Returns the last arrival
@@ -180,15 +145,14 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
         f = flow[i]
         s = np.int64(step[i])
         t = np.int64(time[i])
-        first_step = 2 if teardown[f] else 3
-        last_step = 3 + 2 * k_data + (3 if teardown[f] else 0)
+        last_step = 6 + 2 * k_data
         # per direction, once its program passed a check for a steady packet in this
         # call: the latency, records and bytes of its path (see "Checked once")
         checked = np.zeros(2, np.bool_)
         path_lat = np.zeros(2, np.int64)
         path_rec = np.zeros(2, np.int64)
         path_bytes = np.zeros(2, np.int64)
-        while t < horizon and first_step <= s < last_step and counts[FULL] == 0:
+        while t < horizon and 2 <= s < last_step and counts[FULL] == 0:
             server = (s % 2) == 0 and s >= 4
             d = 1 if server else 0
             key = 2 * f + d
@@ -196,13 +160,15 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
             if count == 0:
                 break
             first = prog_start[key]
-            steady = s < 3 + 2 * k_data
+            steady = 3 <= s < 3 + 2 * k_data
             if steady:
                 flags = ACK if server else PSH | ACK
             elif s == 2:     # the handshake's last ACK
                 flags = ACK
             else:            # the teardown: FIN, FIN-ACK, ACK
                 flags = ACK if s == 5 + 2 * k_data else FIN | ACK
+            # which of a capture point's templates: steady, pure ACK, FIN
+            variant = 0 if steady else (2 if (flags & FIN) != 0 else 1)
             tt = t
             ok = True
             n_rec = 0
@@ -259,13 +225,10 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
                     if a < 0 or a >= len(ip_ids):
                         return -2 - r
                 elif kind == OP_CAP:
-                    if a < 0 or a >= len(tpl):
+                    if a < 0 or a + 2 >= len(tpl) or not (0 <= ops[r, 2] <= 0xFFFFFFFF and 0 <= ops[r, 3] <= 0xFFFF):
                         return -2 - r
-                    if not steady:
-                        ok = False   # templates are of data and ACKs: a teardown is captured by the fast path
-                        break
                     n_rec += 1
-                    n_bytes += tpl[a, 1]
+                    n_bytes += FIELD_BYTES
                 elif kind != OP_DELIVER:
                     return -2 - r
             if not ok or tt >= horizon:   # nothing may happen to a table before the packet arrives
@@ -282,14 +245,24 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
             # commit: what each hop does to its tables (and its capture) for this packet
             pkt = counts[NEXT_ID]
             counts[NEXT_ID] += 1
+            # sequence numbers as emu.bulk.traffic's script has them
+            sent_data = np.int64(isn_c[f]) + 1 + k_data * payload
             if server:
                 ip_id = (np.int64(ipid_s[f]) + s) & 0xFFFF
                 seq = (np.int64(isn_s[f]) + 1) & 0xFFFFFFFF
-                ack = (np.int64(isn_c[f]) + 1 + ((s - 4) // 2 + 1) * payload) & 0xFFFFFFFF
+                if steady:
+                    ack = (np.int64(isn_c[f]) + 1 + ((s - 4) // 2 + 1) * payload) & 0xFFFFFFFF
+                else:   # the FIN-ACK
+                    ack = (sent_data + 1) & 0xFFFFFFFF
             else:
                 ip_id = (np.int64(ipid_c[f]) + s) & 0xFFFF
-                seq = (np.int64(isn_c[f]) + 1 + ((s - 3) // 2) * payload) & 0xFFFFFFFF
-                ack = (np.int64(isn_s[f]) + 1) & 0xFFFFFFFF
+                ack = (np.int64(isn_s[f]) + (2 if s == 5 + 2 * k_data else 1)) & 0xFFFFFFFF
+                if s == 2:
+                    seq = (np.int64(isn_c[f]) + 1) & 0xFFFFFFFF
+                elif s == 5 + 2 * k_data:
+                    seq = (sent_data + 1) & 0xFFFFFFFF
+                else:   # data, and the FIN
+                    seq = (np.int64(isn_c[f]) + 1 + ((s - 3) // 2) * payload) & 0xFFFFFFFF
             tag = (np.uint64(f) << np.uint64(16)) | np.uint64(s)
             outer_id = np.int64(0)
             tt = t
@@ -325,15 +298,17 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
                 elif kind == OP_CAP:
                     k = counts[N_REC]
                     pos = counts[N_BYTES]
-                    n = _emit(tpl_buf, tpl, a, cap_buf, pos, ip_id, seq, ack, tag, outer_id)
+                    v = a + variant
+                    put_fields(cap_buf, pos, ip_id, outer_id, seq, ack, tag, ops[r, 2], ops[r, 3])
                     cap_start[k] = pos
-                    cap_len[k] = n
-                    cap_port[k] = tpl[a, 2]
+                    cap_len[k] = tpl[v, 1]
+                    cap_port[k] = tpl[v, 2]
                     cap_time[k] = tt
                     cap_pkt[k] = pkt
-                    cap_note[k] = tpl[a, 3]
+                    cap_note[k] = tpl[v, 3]
+                    cap_tpl[k] = v
                     counts[N_REC] = k + 1
-                    counts[N_BYTES] = pos + n
+                    counts[N_BYTES] = pos + FIELD_BYTES
             sent[2 * i + d] += 1
             lat[2 * i + d] = arrive - t
             if server:
@@ -383,7 +358,7 @@ def replay(flow, step, time, end: int, horizon: int, k_data: int, payload: int, 
     if not isinstance(snap, np.ndarray) or snap.dtype != ct.CONN_DTYPE or snap.ndim != 1:
         raise ValueError("snap: expected a 1-D array of conntrack records (CONN_DTYPE)")
     fl = Flows(*(_updated(a, name, dt) for a, name, dt in zip(
-        flows, Flows._fields, (np.uint32, np.uint32, np.uint16, np.uint16, np.int64, np.int64, np.bool_))))
+        flows, Flows._fields, (np.uint32, np.uint32, np.uint16, np.uint16, np.int64, np.int64))))
     n_flows = _check.same_length(**dict(zip(Flows._fields, fl)))
     if len(prog_start) != len(prog_len) or len(prog_start) != 2 * n_flows:
         raise ValueError("prog_start/prog_len: two programs (one per direction) per flow")
@@ -399,21 +374,11 @@ def replay(flow, step, time, end: int, horizon: int, k_data: int, payload: int, 
     _check.in_range(ip_ids, "ip_ids", 0, 0xFFFF)
     cap = Capture(*(_updated(a, name, dt, ndim=2 if name == "tpl" else 1) for a, name, dt in zip(
         capture, Capture._fields, (np.uint8, np.int64, np.uint8, np.int64, np.int64, np.int32, np.int64, np.int64,
-                                   np.int32))))
+                                   np.int32, np.int32))))
     if cap.tpl.shape[1] != TPL:
         raise ValueError(f"tpl: expected {TPL} columns")
     _check.same_length(start=cap.start, length=cap.length, port=cap.port, time=cap.time, pkt_id=cap.pkt_id,
-                       note=cap.note)
-    if len(cap.tpl):
-        t = cap.tpl
-        bad = (t[:, 0] < 0) | (t[:, 1] < 14 + 40) | (t[:, 0] + t[:, 1] > len(cap.tpl_buf)) \
-            | ((t[:, 4] != 14) & (t[:, 4] != 64)) | (t[:, 4] + 40 > t[:, 1])
-        if not bad.any():   # the inner IPv4 total length within the frame too
-            at = t[:, 0] + t[:, 4] + 2
-            total = cap.tpl_buf[at].astype(np.int64) << 8 | cap.tpl_buf[at + 1]
-            bad = (total < 40) | (t[:, 4] + total > t[:, 1])
-        if bad.any():
-            raise ValueError(f"tpl: template {int(np.nonzero(bad)[0][0])} does not fit its bytes")
+                       note=cap.note, tpl_id=cap.tpl_id)
     counts = _updated(counts, "counts", np.int64)
     if len(counts) != 4 or not (0 <= counts[N_REC] <= len(cap.start) and 0 <= counts[N_BYTES] <= len(cap.buf)):
         raise ValueError("counts: [records, bytes, next packet id, full], within the capture arrays")

@@ -71,9 +71,10 @@ def warm(c, target="web:53", proto="udp", client="default/client"):
 def frames_by_interface(c):
     taps = c.engine.taps
     r = taps.records()
+    buf, starts = taps.frames(r)
     out: dict[str, list] = {}
     for i in range(len(r["start"])):
-        frame = taps.buf[r["start"][i]:r["start"][i] + r["length"][i]].tobytes()
+        frame = buf[starts[i]:starts[i] + r["length"][i]].tobytes()
         out.setdefault(taps._names[int(r["port"][i])], []).append((int(r["time"][i]), frame))
     return {k: sorted(v) for k, v in out.items()}  # same-time frames: in byte order
 
@@ -290,6 +291,36 @@ def test_flow_cache_with_sampled_capture(tmp_path):
     assert r1.cached > 0 and r0.completed == r1.completed == 30
     assert f0 != f1 and outer_ids(f0)[0] == outer_ids(f1)[0]   # (the uncaptured flows draw ids too)
     assert n0 == n1
+
+
+def test_flow_cache_capture_templates_are_per_path(tmp_path):
+    """Full capture: the cache's frames, handshake ACK and teardown too, come
+    from templates shared by every flow of a path (client, backend, capture
+    point, direction, kind of packet): as many for 60 flows as for 20. But
+    at the client's eth0, where the delivery's comment names the flow's port."""
+    from collections import Counter
+
+    from scapy.layers import vxlan  # noqa: F401  (VXLAN frames dissected to their TCP)
+    from scapy.layers.inet import TCP
+    from scapy.layers.l2 import Ether
+    counts = []
+    for flows in (20, 60):
+        c = cluster(tmp_path)
+        warm(c, "web:80", "tcp")
+        r = Traffic(c, ["default/client"], "web:80", protocol="tcp", flows=flows, packets=3, capture="full",
+                    rate_pps=500_000).run()
+        assert r.completed == flows and len(r.backends) == 2
+        taps = c.engine.taps
+        rec = taps.records()
+        mine = {k: v[rec["tpl"] >= 0] for k, v in rec.items()}
+        buf, starts = taps.frames(mine)
+        flags = {str(Ether(buf[s:s + n].tobytes())[TCP].flags) for s, n in zip(starts, mine["length"])}
+        assert flags == {"A", "PA", "FA"}
+        assert len(mine["tpl"]) > 20 * flows
+        per_port = Counter(taps._names[int(p)] for p in taps.tpl[::3, 2])
+        assert per_port.pop("client/eth0") <= flows + 1
+        counts.append(per_port)
+    assert counts[0] == counts[1]
 
 
 def test_chi_square_iptables_random(tmp_path):

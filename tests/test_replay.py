@@ -5,9 +5,10 @@ with aged, moved, unknown and local entries, ageing 0, stale slot hints;
 ports down and unpaired; programs of every row kind, flows without one;
 plain and VXLAN capture templates; items in and out of the steady and
 teardown steps, before and after `end` and `horizon`; capture arrays too
-small), then everything the kernel may change compared. Also: Scapy checks
-the reference's captured frames, the wrapper's validation, and a
-bounds-checked fuzz run."""
+small), then everything the kernel may change compared, and the frames its
+records make (kernels.frametpl) against the reference's, built from
+scratch. Also: Scapy checks the reference's captured frames, the wrapper's
+validation, and a bounds-checked fuzz run."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from kernels import conntrack as ct
 from kernels import fdb as fdbk
+from kernels import frametpl
 from kernels import replay as rk
 from kernels.flow import fill_frames
 from kernels.replay import (OP_CAP, OP_CT, OP_DELIVER, OP_ENCAP, OP_FDB_FWD, OP_FDB_LEARN, OP_LINK, Capture,
@@ -81,7 +83,7 @@ def _fdbs(rng, bad):
 
 
 def _templates(rng, n_ports):
-    n = int(rng.choice([0, 1, 2, 4]))
+    n = int(rng.choice([0, 3, 4, 6]))   # a capture point takes three
     buf = np.zeros(n * 256, np.uint8)
     rows = []
     for k in range(n):
@@ -100,7 +102,7 @@ def _templates(rng, n_ports):
                             8472, 1, 64, int(rng.integers(0, 2**16)))
             length += 50
         rows.append([base, length, int(rng.integers(0, n_ports)), int(rng.integers(0, 100)), 64 if vx else 14])
-    return buf, np.array(rows, np.int64).reshape(-1, rk.TPL)
+    return buf, np.array(rows, np.int64).reshape(-1, frametpl.TPL)
 
 
 def _snap_of(rec, rng, snaps, bad):
@@ -143,8 +145,9 @@ def _row(rng, kind, w, snaps, fdb_macs):
         return [kind, a, mac, port, hint]
     if kind == OP_ENCAP:
         return [kind, int(rng.integers(0, len(w["ip_ids"]))), 0, 0, 0]
-    if kind == OP_CAP:
-        return [kind, int(rng.integers(0, len(w["tpl"]))), 0, 0, 0]
+    if kind == OP_CAP:   # the flow's ports there (and its VXLAN source port)
+        return [kind, int(rng.integers(0, len(w["tpl"]) - 2)), int(rng.integers(0, 2**32)),
+                int(rng.integers(0, 2**16)), 0]
     return [OP_DELIVER, 0, 0, 0, 0]
 
 
@@ -159,11 +162,10 @@ def _programs(rng, w, fdb_macs):
         if rng.random() < w["bad"]:
             prog_start[key] = int(rng.integers(0, len(ops) + 1))
             continue
-        teardown = bool(w["teardown"][key // 2])
         rows = []
         for _ in range(int(rng.integers(1, 5))):   # hops
             for kind, p in ((OP_LINK, 0.8), (OP_CT, 0.5), (OP_FDB_LEARN, 0.3), (OP_FDB_FWD, 0.3), (OP_ENCAP, 0.25),
-                            (OP_CAP, 0.0 if teardown or not len(w["tpl"]) else 0.35)):
+                            (OP_CAP, 0.35 if len(w["tpl"]) else 0.0)):
                 if rng.random() < p:
                     rows.append(_row(rng, kind, w, snaps, fdb_macs))
         if not rows or rng.random() < 0.9:
@@ -191,7 +193,6 @@ def make_world(seed):
     w["ipid_s"] = near(2**16, n_flows).astype(np.uint16)
     w["c_got"] = rng.integers(0, 8, n_flows).astype(np.int64)
     w["echoes"] = rng.integers(0, 5, n_flows).astype(np.int64)
-    w["teardown"] = rng.random(n_flows) < 0.5
     n_ports = int(rng.integers(2, 9))
     perm = rng.permutation(n_ports)
     peer = np.full(n_ports, -1, np.int32)
@@ -217,12 +218,17 @@ def make_world(seed):
     w["horizon"] = int(rng.choice([rng.integers(0, 30000), 10**15]))
     small = rng.random() < 0.35
     n_rec = int(rng.integers(0, 6)) if small else 200
-    n_bytes = int(rng.integers(0, 700)) if small else 60000
-    w["cap"] = [np.full(n_bytes, FILL, np.uint8), *(np.full(n_rec, SENTINEL, d) for d in
-                                                      (np.int64, np.int64, np.int32, np.int64, np.int64, np.int32))]
+    n_bytes = int(rng.integers(0, 120)) if small else 6000
+    w["cap"] = _records(n_bytes, n_rec)
     w["counts"] = np.array([rng.integers(0, n_rec + 1) if small else 3, rng.integers(0, n_bytes + 1) if small else 100,
                             rng.integers(0, 1000), rng.random() < 0.03], np.int64)
     return w
+
+
+def _records(n_bytes, n_rec):
+    """Capture arrays (after the templates): the fields buffer and the record columns."""
+    return [np.full(n_bytes, FILL, np.uint8), *(np.full(n_rec, SENTINEL, d) for d in
+                                                (np.int64, np.int64, np.int32, np.int64, np.int64, np.int32, np.int32))]
 
 
 def _aligned_copy(recs):
@@ -240,7 +246,7 @@ def _copy_fdb(f):
 def args(w):
     """replay's arguments, every array a fresh copy."""
     c = lambda a: a.copy()  # noqa: E731
-    flows = Flows(*(c(w[k]) for k in ("isn_c", "isn_s", "ipid_c", "ipid_s", "c_got", "echoes", "teardown")))
+    flows = Flows(*(c(w[k]) for k in ("isn_c", "isn_s", "ipid_c", "ipid_s", "c_got", "echoes")))
     cap = Capture(c(w["tpl_buf"]), c(w["tpl"]), *(c(a) for a in w["cap"]))
     return [c(w["flow"]), c(w["step"]), c(w["time"]), w["end"], w["horizon"], w["k"], w["payload"],
             c(w["prog_start"]), c(w["prog_len"]), c(w["ops"]), _aligned_copy(w["snap"]),
@@ -276,11 +282,25 @@ def assert_same(got, want, a, b):
         assert np.array_equal(a[k], b[k])
 
 
+def new_frames(a, counts_before):
+    """The frames of the records the kernel wrote (kernels.frametpl.materialize)."""
+    cap = a[18]
+    k = slice(int(counts_before[rk.N_REC]), int(a[19][rk.N_REC]))
+    lengths = cap.length[k].copy()
+    out_starts = (np.cumsum(lengths) - lengths).astype(np.int64)
+    out = np.zeros(int(lengths.sum()), np.uint8)
+    frametpl.materialize(cap.buf, cap.start[k].copy(), lengths, cap.tpl_id[k].copy(), cap.tpl_buf, cap.tpl, out,
+                         out_starts)
+    return [bytes(out[p:p + n]) for p, n in zip(out_starts.tolist(), lengths.tolist())]
+
+
 def run_both(w, stops=None):
     a, b = args(w), args(w)
     got = rk.replay(*a)
-    want = ref.replay(*b, stops=stops)
+    frames = []
+    want = ref.replay(*b, stops=stops, frames=frames)
     assert_same(got, want, a, b)
+    assert new_frames(a, w["counts"]) == frames
     return got
 
 
@@ -314,18 +334,15 @@ def test_worlds_reach_every_branch():
     assert sent > 800 and caps > 100 and encaps > 50 and fuller > 10
 
 
-def _teardown_world(capture_teardown: bool):
-    """Flows on a valid world, all marked for their teardown but flow 0
-    (unless capture_teardown); flow 0's programs have a capture point.
-    Sequence numbers and IP ids about to wrap."""
+def _teardown_world():
+    """Flows on a valid world, flow 0's programs with a capture point, the
+    others' without. Sequence numbers and IP ids about to wrap."""
     w = _valid()
     w.update(k=2, payload=1400)
     w["isn_c"][:] = 2**32 - 3000
     w["isn_s"][:] = 2**32 - 1
     w["ipid_c"][:] = 65534
     w["ipid_s"][:] = 65535
-    w["teardown"][:] = True
-    w["teardown"][0] = capture_teardown
     n_flows = len(w["isn_c"])
     ports = len(w["peer"])
     w["peer"] = np.arange(ports, dtype=np.int32) ^ 1
@@ -352,33 +369,25 @@ def _teardown_world(capture_teardown: bool):
     w["ops"] = np.array(sum(prog, []), np.int64)
     w["snap"] = snap
     w["flow"] = np.arange(n_flows, dtype=np.int64)
-    w["step"] = np.full(n_flows, 3, np.int64)
+    w["step"] = np.full(n_flows, 2, np.int64)
     w["time"] = np.zeros(n_flows, np.int64)
     w["horizon"] = 10**9   # 1 s: within every TCP timeout, as the caller's horizon is
-    w["cap"] = [np.full(60000, FILL, np.uint8), *(np.full(200, SENTINEL, d) for d in
-                                                  (np.int64, np.int64, np.int32, np.int64, np.int64, np.int32))]
+    w["cap"] = _records(6000, 200)
     w["counts"] = np.zeros(4, np.int64)
     return w, n_flows
 
 
 def test_teardown_and_wraps_carried():
-    """Flows run through their teardown (not captured: CAP rows only for the
-    flow without one); sequence numbers and IP ids wrap."""
-    w, n_flows = _teardown_world(False)
+    """Flows run from the handshake's ACK through their teardown, captured or
+    not; sequence numbers and IP ids wrap. The captured flow's records take
+    its capture point's templates: pure ACK, then data and ACKs (steady),
+    then FIN, FIN, pure ACK."""
+    w, n_flows = _teardown_world()
     got = run_both(w)
-    assert got.step[0] == 3 + 2 * 2
-    assert list(got.step[1:]) == [3 + 2 * 2 + 3] * (n_flows - 1)
-
-
-def test_captured_teardown_is_left_to_the_fast_path():
-    """A program with capture points carries data and ACKs only: a flow
-    marked for its teardown stops at its FIN (the templates are of data and
-    ACKs), and the reference says the same."""
-    w, n_flows = _teardown_world(True)
-    stops = []
-    got = run_both(w, stops)
-    assert got.step[0] == 3 + 2 * 2 and stops[0] == "cap_teardown"
-    assert list(got.step[1:]) == [3 + 2 * 2 + 3] * (n_flows - 1)
+    assert list(got.step) == [3 + 2 * 2 + 3] * n_flows
+    a = args(w)
+    rk.replay(*a)
+    assert a[18].tpl_id[:int(a[19][rk.N_REC])].tolist() == [1, 0, 0, 0, 0, 2, 2, 1]
 
 
 def test_reference_frames_agree_with_scapy():
@@ -391,11 +400,10 @@ def test_reference_frames_agree_with_scapy():
     for seed in range(60):
         w = make_world(seed)
         b = args(w)
-        ref.replay(*b)
-        cap, counts, flows = b[18], b[19], b[17]
-        for k in range(int(w["counts"][rk.N_REC]), int(counts[rk.N_REC])):
-            start, length = int(cap.start[k]), int(cap.length[k])
-            frame = bytes(cap.buf[start:start + length])
+        frames = []
+        ref.replay(*b, frames=frames)
+        flows = b[17]
+        for frame in frames:
             outer = Ether(frame)[IP]
             inner = Ether(frame[50:])[IP] if outer.proto == 17 else None   # VXLAN
             vxlan += inner is not None
@@ -464,11 +472,8 @@ def _set(k, v):
     lambda a: a.__setitem__(16, a[16].astype(np.uint16)),     # ip_ids: wrong dtype
     lambda a: a.__setitem__(17, a[17]._replace(c_got=a[17].c_got[:-1])),
     lambda a: a.__setitem__(17, a[17]._replace(isn_c=a[17].isn_c.astype(np.int64))),
-    lambda a: a.__setitem__(17, a[17]._replace(teardown=a[17].teardown.astype(np.int64))),
     lambda a: a.__setitem__(18, a[18]._replace(tpl=a[18].tpl[:, :4].copy())),
-    lambda a: a.__setitem__(18, a[18]._replace(tpl_buf=a[18].tpl_buf[:10].copy())),   # templates past their bytes
-    lambda a: a[18].tpl.__setitem__((0, 4), 20),              # inner offset neither 14 nor 64
-    lambda a: a[18].tpl.__setitem__((0, 1), 40),              # too short for its headers
+    lambda a: a.__setitem__(18, a[18]._replace(tpl_id=a[18].tpl_id.astype(np.int64))),
     lambda a: a.__setitem__(18, a[18]._replace(port=a[18].port[:-1] if len(a[18].port) else np.zeros(1, np.int32))),
     lambda a: a.__setitem__(18, a[18]._replace(time=a[18].time.astype(np.int32))),
     lambda a: a.__setitem__(19, np.zeros(3, np.int64)),       # counts: three
@@ -503,10 +508,8 @@ def _one_row(*rows, cts=True, fdbs=True, vxlan=False):
     ops = np.array([*rows, [OP_DELIVER, 0, 0, 0, 0]], np.int64)
     snap = ct._aligned_zeros(1, ct.CONN_DTYPE)
     snap[0] = t.conns[0]
-    flows = Flows(z(np.uint32), z(np.uint32), z(np.uint16), z(np.uint16), z(np.int64), z(np.int64), z(np.bool_))
-    cap = Capture(buf[:n].copy(), np.array([[0, n, 0, 0, 64 if vxlan else 14]], np.int64),
-                  np.full(1000, FILL, np.uint8),
-                  *(np.zeros(10, d) for d in (np.int64, np.int64, np.int32, np.int64, np.int64, np.int32)))
+    flows = Flows(z(np.uint32), z(np.uint32), z(np.uint16), z(np.uint16), z(np.int64), z(np.int64))
+    cap = Capture(buf[:n].copy(), np.array([[0, n, 0, 0, 64 if vxlan else 14]] * 3, np.int64), *_records(1000, 10))
     return [np.zeros(1, np.int64), np.array([3], np.int64), np.zeros(1, np.int64), 0, 10**6, 2, 100,
             np.array([0, 0], np.int64), np.array([len(ops), 0], np.int64), ops, snap, (t.conns,) if cts else (),
             (f,) if fdbs else (), np.array([1, 0], np.int32), np.array([5, 5], np.int64), np.ones(2, np.bool_),
@@ -518,7 +521,8 @@ GOOD_ROWS = [[OP_LINK, 0, 0, 0, 0], [OP_CT, 0, 0, 0, 0], [OP_FDB_LEARN, 0, 0x020
 BAD_ROWS = [[OP_LINK, 2, 0, 0, 0], [OP_LINK, -1, 0, 0, 0], [OP_CT, 1, 0, 0, 0], [OP_CT, 0, 2, 0, 0],
             [OP_CT, 0, 0, 0, 1], [OP_CT, 0, -1, 0, 0], [OP_FDB_LEARN, 1, 0x020000000001, 0, -1],
             [OP_FDB_LEARN, 0, 0x020000000001, -1, -1], [OP_FDB_FWD, -1, 0x020000000001, 0, -1],
-            [OP_ENCAP, 1, 0, 0, 0], [OP_CAP, 1, 0, 0, 0], [OP_CAP, -1, 0, 0, 0], [0, 0, 0, 0, 0], [9, 0, 0, 0, 0]]
+            [OP_ENCAP, 1, 0, 0, 0], [OP_CAP, 1, 0, 0, 0], [OP_CAP, -1, 0, 0, 0], [OP_CAP, 0, 2**32, 0, 0],
+            [OP_CAP, 0, -1, 0, 0], [OP_CAP, 0, 0, 2**16, 0], [0, 0, 0, 0, 0], [9, 0, 0, 0, 0]]
 
 
 @pytest.mark.parametrize("row", GOOD_ROWS)
@@ -545,9 +549,8 @@ def test_vxlan_capture_after_encap():
         x[8][1] = x[8][0]   # the server's packets take the same program
     got, want = rk.replay(*a), ref.replay(*b)
     assert_same(got, want, a, b)
-    cap = a[18]
-    ids = [int.from_bytes(bytes(cap.buf[p + 18:p + 20]), "big") for p in cap.start[:int(a[19][0])].tolist()]
-    assert ids == [65535, 0, 1, 2] and list(got.step) == [7]
+    ids = [int.from_bytes(f[18:20], "big") for f in new_frames(a, np.zeros(4, np.int64))]
+    assert ids == [65535, 0, 1, 2, 3, 4, 5] and list(got.step) == [10]
 
 
 # Defects found while writing these tests (now fixed): the wrapper rejects
@@ -568,17 +571,6 @@ def test_wrapper_rejects_tables_of_another_dtype():
         rk.replay(*a)
 
 
-def test_template_shorter_than_its_ip_length_is_rejected():
-    a = _one_row([OP_CAP, 0, 0, 0, 0])
-    a[18].tpl[0, 1] = 54   # headers only, while the IPv4 total length still counts 8 bytes of data
-    before = a[18].buf.copy()
-    try:
-        rk.replay(*a)
-    except ValueError:
-        return
-    assert np.array_equal(a[18].buf[54:], before[54:]), "bytes past the record written"
-
-
 @pytest.mark.parametrize("next_id", [65536 + 5, -1])
 def test_ip_ids_beyond_16_bits_rejected_or_masked(next_id):
     a = _one_row([OP_ENCAP, 0, 0, 0, 0], [OP_CAP, 0, 0, 0, 0], vxlan=True)
@@ -587,7 +579,7 @@ def test_ip_ids_beyond_16_bits_rejected_or_masked(next_id):
         rk.replay(*a)
     except ValueError:
         return
-    frame = bytes(a[18].buf[:int(a[18].length[0])])
+    frame = new_frames(a, np.zeros(4, np.int64))[0]
     assert int.from_bytes(frame[24:26], "big") == cks.ipv4_header_checksum(frame[14:34])
 
 

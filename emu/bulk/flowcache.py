@@ -7,7 +7,10 @@ operations whose effect differs from packet to packet: the links they take
 (`transmit`), the conntrack entries they step (every conntrack hook, with a
 fingerprint of the entry's original tuple), the bridge FDB entries they
 refresh and look up, the VXLAN encapsulations (one IP id each), the capture
-points (their frames and comments become templates), and their delivery.
+points, and their delivery. A capture point's frame and comment become
+three templates in the taps (emu.bulk.variants: steady packet, pure ACK,
+FIN), shared by every flow whose frame there differs only in the fields
+kernels.frametpl fills (`_path_keys`): the program keeps the flow's ports.
 What only a connection's first packet does (the conntrack insert,
 kube-proxy's pick, the NAT binding) stays its own: the program is the path
 the packets after it take. A learner that leaves the common case (handed
@@ -30,10 +33,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from emu.bulk import variants
 from kernels import conntrack as ct
 from kernels import parse, rewrite
 from kernels import replay as rk
-from kernels.replay import OP_CAP, OP_CT, OP_DELIVER, OP_FDB_FWD, OP_FDB_LEARN, OPS, TPL
+from kernels.frametpl import FIELD_BYTES, TPL
+from kernels.replay import OP_CAP, OP_CT, OP_DELIVER, OP_FDB_FWD, OP_FDB_LEARN, OPS
 
 OP_FAIL = 0                 # learning only: a learner left the common case
 MAX_ROWS = 48               # a learner's rows at most (a two-node path with capture takes ~30)
@@ -50,10 +55,16 @@ ROW = ("kind", "a", "b", "c", "fp")
 
 
 class FlowCache:
-    def __init__(self, engine, flows: int):
+    def __init__(self, engine, flows: int, payload, kinds: dict):
+        """payload: a data segment's bytes before its tag is written; kinds:
+        the comment the sender gives each kind of packet ("SYN", "FIN",
+        "data", "ACK"): see emu.bulk.variants."""
         self.engine = engine
         self.n = flows
+        self.payload = payload
+        self.kinds = kinds
         self.replayed = 0
+        self._tpl_of: dict[bytes, int] = {}   # a path's frame (_path_keys) -> its templates in the taps
         self._clear()
 
     def _clear(self) -> None:
@@ -67,8 +78,6 @@ class FlowCache:
         self._dead = 0                               # rows of programs forgotten
         self.snap = ct._aligned_zeros(min(MAX_OPS, 2 * self.n * 5), ct.CONN_DTYPE)
         self._n_snap = 0
-        self.tpl_buf = np.zeros(0, np.uint8)
-        self.tpl = np.zeros((0, TPL), np.int64)
         # learner slots: rows (kind, a, b, c, fingerprint), how many, the key, the state
         self._rows = {name: np.zeros((MAX_ROWS, 0), np.int64) for name in ROW}
         self._fill = np.zeros(0, np.int64)
@@ -207,7 +216,8 @@ class FlowCache:
             rows[c, 4] = self._append_snaps(snaps)
         cap = np.nonzero(rows[:, 0] == OP_CAP)[0]
         if len(cap):
-            rows[cap, 1] = self._templates(rows[cap, 1])
+            client = np.repeat(keys, fill)[cap] % 2 == 0
+            rows[cap, 1], rows[cap, 2], rows[cap, 3] = self._templates(rows[cap, 1], client)
         self.prog_start[keys] = self._append_ops(rows) + np.r_[0, np.cumsum(fill)[:-1]]
         self.prog_len[keys] = fill
 
@@ -232,23 +242,54 @@ class FlowCache:
         self._n_snap += len(snaps)
         return base + np.arange(len(snaps))
 
-    def _templates(self, records) -> np.ndarray:
-        """Templates from the learners' capture records (their frames, ports and
-        notes as the taps hold them): their numbers."""
+    def _templates(self, records, client):
+        """The templates of the learners' capture records (their frames, ports
+        and notes as the taps hold them; client: sent by the client) and the
+        flow's own fields there: (template, TCP ports, outer UDP source port)
+        per record. A template (three: emu.bulk.variants) is shared by every
+        flow whose frame there differs only in the fields kernels.frametpl
+        fills: one per path, not per flow."""
         taps = self.engine.taps
         cols = taps._cols
-        start, length = cols["start"][records], cols["length"][records]
+        start, length = cols["start"][records].astype(np.int64), cols["length"][records].astype(np.int64)
         frames = np.zeros(int(length.sum()), np.uint8)
-        at = np.concatenate([[0], np.cumsum(length)[:-1]]).astype(np.int64)
-        rewrite.copy_ranges(taps.buf, start.astype(np.int64), length.astype(np.int64), frames, at)
+        at = np.cumsum(length) - length
+        rewrite.copy_ranges(taps.buf, start, length, frames, at)
         ports = sorted(set().union(*(ns._vxlan_ports() for ns in self._vxlan_owners())))
         h = parse.parse(frames, at, length, tuple(ports))
         inner = np.where((h.flags & parse.VXLAN) != 0, h.inner_off.astype(np.int64) + 14, 14)
-        tpl = np.stack([len(self.tpl_buf) + at, length, cols["port"][records], cols["note"][records], inner], axis=1)
-        first = len(self.tpl)
-        self.tpl_buf = np.concatenate([self.tpl_buf, frames])
-        self.tpl = np.concatenate([self.tpl, tpl.astype(np.int64)])
-        return first + np.arange(len(records))
+        tcp_ports = _be(frames, at + inner + 20, 4)
+        outer_sport = np.where(inner > 14, _be(frames, at + 34, 2), 0)
+        port, note = cols["port"][records], cols["note"][records]
+        keys, first, inverse = _path_keys(frames, at, length, inner, port, note, client)
+        ids = np.array([self._tpl_of.get(k, -1) for k in keys], np.int64)
+        new = np.nonzero(ids < 0)[0]
+        if len(new):
+            r = first[new]
+            buf, starts, lengths = variants.tcp_variants(frames, at[r], inner[r], client[r], self.payload)
+            got = taps.add_templates(buf, starts, lengths, np.repeat(port[r], 3),
+                                     self._variant_notes(note[r], client[r]), np.repeat(inner[r], 3))[::3]
+            ids[new] = got
+            self._tpl_of.update(zip((keys[k] for k in new.tolist()), got.tolist()))
+        return ids[inverse], tcp_ports, outer_sport
+
+    def _variant_notes(self, notes, client) -> np.ndarray:
+        """The comments of the three templates of each record: the sender's
+        own record names the kind of packet (a text of self.kinds, first):
+        that name becomes the template's; any other comment is the same."""
+        eng = self.engine
+        out = np.repeat(np.asarray(notes, np.int64), 3).reshape(-1, 3)
+        for note in np.unique(notes).tolist():
+            text = eng.notes[note] if note >= 0 else ""
+            kind = next((k for k in self.kinds.values() if text.startswith(k)), None)
+            if kind is None:
+                continue
+            rest = text[len(kind):]
+            for side in (True, False):
+                m = (notes == note) & (client == side)
+                names = (self.kinds["data"] if side else self.kinds["ACK"], self.kinds["ACK"], self.kinds["FIN"])
+                out[m] = [eng.note(name + rest) for name in names]
+        return out.ravel().astype(np.int32)
 
     def _vxlan_owners(self):
         return [ns for ns in self.engine.devices if hasattr(ns, "_vxlan_ports")]
@@ -289,12 +330,12 @@ class FlowCache:
     def run(self, traffic, f, s, t, end: int, horizon: int) -> rk.Result:
         """kernels.replay over the items (flow, step, time) of a Traffic:
         where each flow stopped, the packets carried per item and direction,
-        their latency, the last arrival. Frames of captured flows go to the taps."""
+        their latency, the last arrival. Captured packets go to the taps as
+        template records (kernels.frametpl)."""
         eng = self.engine
         peer, latency, _, up = eng._arrays()
         ip_ids = np.array([ns._ip_id for ns in self._enc_objs], np.int64)
-        flows = rk.Flows(traffic.isn_c, traffic.isn_s, traffic.ipid_c, traffic.ipid_s, traffic.c_got, traffic.echoes,
-                         ~traffic.cap)
+        flows = rk.Flows(traffic.isn_c, traffic.isn_s, traffic.ipid_c, traffic.ipid_s, traffic.c_got, traffic.echoes)
         cts = tuple(ns.conntrack.table.conns for ns in self._ct_objs)
         fdbs = tuple(br.fdb for br in self._fdb_objs)
         taps = eng.taps
@@ -303,14 +344,15 @@ class FlowCache:
         last = -1
         while True:
             if taps is not None:   # room for what the flows may capture (more if it fills)
-                records, nbytes = self._capture_need(traffic, f, s)
-                taps._reserve(records + CAPTURE_RECORDS, nbytes + CAPTURE_RECORDS * 256)
+                records = self._capture_need(traffic, f, s)
+                taps._reserve(records + CAPTURE_RECORDS, (records + CAPTURE_RECORDS) * FIELD_BYTES)
                 c = taps._cols
-                cap = rk.Capture(self.tpl_buf, self.tpl, taps.buf, c["start"], c["length"], c["port"], c["time"],
-                                 c["pkt_id"], c["note"])
+                cap = rk.Capture(taps.tpl_buf, taps.tpl, taps.buf, c["start"], c["length"], c["port"], c["time"],
+                                 c["pkt_id"], c["note"], c["tpl"])
                 counts[rk.N_REC], counts[rk.N_BYTES] = taps.count, taps._used
             else:
-                cap = rk.Capture(self.tpl_buf, self.tpl, np.zeros(0, np.uint8), *_NO_RECORDS)
+                cap = rk.Capture(np.zeros(0, np.uint8), np.zeros((0, TPL), np.int64), np.zeros(0, np.uint8),
+                                 *_NO_RECORDS)
             out = rk.replay(f, s, t, end, horizon, traffic.k, traffic.payload, self.prog_start, self.prog_len,
                             self.ops, self.snap, cts, fdbs, peer, latency, up, ip_ids, flows, cap, counts)
             if taps is not None:
@@ -328,23 +370,71 @@ class FlowCache:
         self.replayed += int(sent.sum())
         return rk.Result(out.step, out.time, sent, lat, last)
 
-    def _capture_need(self, traffic, f, s):
-        """Records and bytes the items' remaining steady packets would capture
-        (at most: each as many as its flow's larger program)."""
-        if not len(self.tpl):
-            return 0, 0
-        caps = self.ops[:, 0] == OP_CAP
-        size = np.where(caps, self.tpl[np.where(caps, self.ops[:, 1], 0), 1], 0)
-        n_caps, n_bytes = np.r_[0, np.cumsum(caps)], np.r_[0, np.cumsum(size)]
-        start, length = self.prog_start[np.stack([2 * f, 2 * f + 1])], self.prog_len[np.stack([2 * f, 2 * f + 1])]
-        records = (n_caps[start + length] - n_caps[start]).max(axis=0)
-        nbytes = (n_bytes[start + length] - n_bytes[start]).max(axis=0)
-        left = np.maximum(3 + 2 * traffic.k - s, 0)
-        return int((records * left).sum()), int((nbytes * left).sum())
+    def _capture_need(self, traffic, f, s) -> int:
+        """Records the items' remaining packets would capture (at most: each
+        as many as its flow's larger program)."""
+        caps = np.r_[0, np.cumsum(self.ops[:self._n_ops, 0] == OP_CAP)]
+        keys = np.stack([2 * f, 2 * f + 1])
+        length = self.prog_len[keys]
+        start = np.where(length > 0, self.prog_start[keys], 0)
+        records = (caps[start + length] - caps[start]).max(axis=0)
+        return int((records * np.maximum(traffic.steps - s, 0)).sum())
 
 
 _NO_RECORDS = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64),
-               np.zeros(0, np.int64), np.zeros(0, np.int32))
+               np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32))
+
+
+def _be(buf, at, n: int) -> np.ndarray:
+    """The big-endian n-byte numbers at offsets `at` of buf (int64)."""
+    out = np.zeros(len(at), np.int64)
+    for k in range(n):
+        out = out << 8 | buf[at + k]
+    return out
+
+
+def _path_keys(frames, at, length, inner, port, note, client):
+    """Frames told apart by what is not per flow or per packet: each frame's
+    bytes with the fields kernels.frametpl fills (IP ids, ports, sequence and
+    acknowledgement numbers, the payload tag, the outer UDP source port) and
+    the checksums zeroed, with its capture port, note and sender. Returns the
+    distinct keys (bytes), the first frame of each, and each frame's key number."""
+    n = len(at)
+    inverse = np.zeros(n, np.int64)
+    keys, first = [], []
+    for size, off in sorted(set(zip(length.tolist(), inner.tolist()))):
+        sel = np.nonzero((length == size) & (inner == off))[0]
+        rows = np.zeros((len(sel), -(-(size + 9) // 8) * 8), np.uint8)
+        rows[:, :size] = frames[at[sel, None] + np.arange(size)]
+        blank = [off + 4, off + 5, off + 10, off + 11, *range(off + 20, off + 32), off + 36, off + 37]
+        if size >= off + 48:
+            blank += range(off + 40, off + 48)
+        if off > 14:
+            blank += [18, 19, 24, 25, 34, 35]
+        rows[:, blank] = 0
+        rows[:, size:size + 4] = port[sel].astype(np.int32).view(np.uint8).reshape(-1, 4)
+        rows[:, size + 4:size + 8] = note[sel].astype(np.int32).view(np.uint8).reshape(-1, 4)
+        rows[:, size + 8] = client[sel]
+        one, inv = _unique_rows(rows)
+        inverse[sel] = len(keys) + inv.reshape(-1)
+        keys += [bytes([off]) + rows[k].tobytes() for k in one.tolist()]
+        first += sel[one].tolist()
+    return keys, np.array(first, np.int64), inverse
+
+
+def _unique_rows(rows):
+    """np.unique(rows, axis=0)'s index and inverse, through a 64-bit hash of
+    each row (checked: rows that share a hash must be equal)."""
+    words = rows.view(np.uint64)
+    h = np.zeros(len(rows), np.uint64)
+    for k in range(words.shape[1]):
+        h = (h ^ (h >> np.uint64(29)) ^ words[:, k]) * np.uint64(0xBF58476D1CE4E5B9)
+    _, one, inv = np.unique(h, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    if not (words == words[one[inv]]).all():   # a collision: sort the rows themselves
+        _, one, inv = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+        inv = inv.reshape(-1)
+    return one, inv
 
 
 def _number(numbers: dict, devices: list, device) -> int:

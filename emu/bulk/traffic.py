@@ -128,6 +128,21 @@ def _tcp_from_server(s) -> np.ndarray:
     return (s == 1) | ((s % 2 == 0) & (s >= 4))
 
 
+def _hugepages(on):
+    """Whether numpy asks the kernel for transparent huge pages for its large
+    arrays (madvise MADV_HUGEPAGE): set it (None: leave it), return what it was.
+    A bulk run turns it off. With THP's defrag=madvise (a common default), the
+    first touch of such an array may stall in direct compaction: on the
+    2-core VM, first-touching 400 MB took 0.98 s that way and 0.2 s with 4 KiB
+    pages, and the full-capture benchmark ran at 0.6-1.0 M packets/s with
+    huge pages and 1.1-1.5 M without (notes of issue 6)."""
+    try:
+        from numpy._core.multiarray import _set_madvise_hugepage
+    except ImportError:   # another numpy layout: leave it as it is
+        return None
+    return None if on is None else _set_madvise_hugepage(on)
+
+
 def set_conntrack_max(cluster, max_connections: int, nodes=None) -> None:
     """sysctl net.netfilter.nf_conntrack_max on nodes (all by default): their
     tables are made again with that capacity; only while they are empty."""
@@ -672,7 +687,9 @@ class Traffic:
                 eng.capture(default_taps(eng))
             self.fast = FastPath(eng, self, 14 + 20 + 20 + self.payload + 50, window_ns=self.window)
             if self.flow_cache and self.proto == TCP:
-                self.fast.cache = FlowCache(eng, self.n)
+                kinds = ("SYN", "FIN", "data", "ACK")
+                self.fast.cache = FlowCache(eng, self.n, payload=self.template[:self.payload],
+                                            kinds={k: self._kind_text(i) for i, k in enumerate(kinds)})
                 self._token = None
             self._pending = [first]
             # the run allocates many short-lived arrays: with the collector on, each of
@@ -680,12 +697,14 @@ class Traffic:
             # heap, Scapy's say), and a bulk run makes no cycles to collect
             collecting = gc.isenabled()
             gc.disable()
+            huge = _hugepages(False)
             try:
                 self._loop(progress)
                 # the flow cache ran ahead of the last window: the clock goes on to
                 # the last delivery, as it would have with every packet in a window
                 eng.run(until_ns=max(eng.now, self._last))
             finally:
+                _hugepages(huge)
                 if collecting:
                     gc.enable()
         virtual = max(self._last - v0, 0)
@@ -798,7 +817,7 @@ class Traffic:
             self._token = token
         cache.compile()
         key = 2 * f + _tcp_from_server(s)
-        go = (self._steady(s) | ((s >= 2) & (s < self.steps) & ~self.cap[f])) & cache.has(key)
+        go = (s >= 2) & (s < self.steps) & cache.has(key)
         if not go.any():
             return f, s, t
         g = np.nonzero(go)[0]
@@ -834,15 +853,17 @@ class Traffic:
         """Mark packets whose (flow, direction) has no program yet: the SYN and
         the SYN-ACK (what they do once, a conntrack entry and a NAT binding,
         is then the path every packet after them takes), else any data
-        segment or ACK. A captured flow learns from a data segment and its
-        ACK: its program holds their frames and notes."""
+        segment or ACK. A captured flow's client learns from the handshake's
+        ACK instead of the SYN: its program holds its frames and comments,
+        and a SYN's comments say NEW (emu.bulk.variants)."""
         server = _tcp_from_server(s)
         key = 2 * f + server
-        first = ((s == 0) | (s == 1)) & ~self.cap[f]
+        cap = self.cap[f]
+        first = (s == 1) | np.where(cap, s == 2, s == 0)
         # a program pays for its learning once it carries a few packets: the client's
-        # carries the handshake's ACK, K segments, FIN and last ACK; the server's K ACKs
-        # and its FIN-ACK (a captured flow's, data and ACKs only)
-        carried = np.where(server, self.k + 1, self.k + 3)
+        # carries (the handshake's ACK,) K segments, FIN and last ACK; the server's K ACKs
+        # and its FIN-ACK
+        carried = np.where(server, self.k + 1, np.where(cap, self.k + 2, self.k + 3))
         want = (first | self._steady(s)) & ~self.fast.cache.has(key) & (carried >= MIN_CARRIED)
         self.fast.cache.begin(b, idx[want], key[want])
 

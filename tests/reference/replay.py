@@ -4,9 +4,10 @@ the module's docstring and the staged path's references rather than from
 the kernel: tests.reference.flow for the conntrack step (the "same state
 never brings the expiry forward" rule), emu.dataplane.conntrack.tcp_next for
 the TCP tracker, emu.bulk.traffic's `script` for each packet's flags,
-sequence and acknowledgement numbers, and tests.reference.checksum for the
-checksums of the captured frames, recomputed from scratch (the kernel
-updates them incrementally). FDB entries are found by scanning the table
+sequence and acknowledgement numbers. Captured packets are records of a
+template and the packet's fields (kernels.frametpl's layout); `frames`, if
+given, collects each record's frame built here with tests.reference.checksum's
+checksums from scratch (kernels.frametpl updates them incrementally). FDB entries are found by scanning the table
 for the MAC (no hashing).
 
 `replay` takes the kernel wrapper's arguments and mutates the same inputs
@@ -23,6 +24,7 @@ import struct
 from emu.dataplane import conntrack as dct
 from kernels import conntrack as ct
 from kernels import fdb as fdbk
+from kernels.frametpl import FIELD_BYTES
 from kernels.replay import (FULL, N_BYTES, N_REC, NEXT_ID, OP_CAP, OP_CT, OP_DELIVER, OP_ENCAP, OP_FDB_FWD,
                             OP_FDB_LEARN, OP_LINK, Result)
 from tests.reference import checksum as cks
@@ -69,7 +71,8 @@ def _get16(b, p):
     return b[p] << 8 | b[p + 1]
 
 
-def captured(template: bytes, inner: int, ip_id: int, seq: int, ack: int, tag: int, outer_id: int) -> bytes:
+def captured(template: bytes, inner: int, ip_id: int, seq: int, ack: int, tag: int, outer_id: int, ports: int,
+             outer_sport: int) -> bytes:
     """The template frame with this packet's fields and every checksum computed afresh."""
     b = bytearray(template)
     ip = inner
@@ -79,7 +82,7 @@ def captured(template: bytes, inner: int, ip_id: int, seq: int, ack: int, tag: i
     b[ip + 10:ip + 12] = struct.pack("!H", cks.ipv4_header_checksum(bytes(b[ip:ip + ihl])))
     l4 = ip + ihl
     doff = (b[l4 + 12] >> 4) * 4
-    b[l4 + 4:l4 + 12] = struct.pack("!II", seq, ack)
+    b[l4:l4 + 12] = struct.pack("!III", ports, seq, ack)
     if total - ihl - doff >= 8:
         b[l4 + doff:l4 + doff + 8] = struct.pack("!Q", tag)
     src, dst = struct.unpack("!II", bytes(b[ip + 12:ip + 20]))
@@ -88,6 +91,7 @@ def captured(template: bytes, inner: int, ip_id: int, seq: int, ack: int, tag: i
     if inner == 64:   # VXLAN: the outer IPv4 header's id is the encapsulation's
         o = 14
         b[o + 4:o + 6] = struct.pack("!H", outer_id & 0xFFFF)
+        b[34:36] = struct.pack("!H", outer_sport)   # the outer UDP checksum: 0, none
         b[o + 10:o + 12] = struct.pack("!H", cks.ipv4_header_checksum(bytes(b[o:o + 20])))
     return bytes(b)
 
@@ -96,7 +100,7 @@ def _bad(r, row):
     return ValueError(f"ops: row {r} ({row}) refers to nothing that exists")
 
 
-def _check(rows, r0, t, horizon, steady, flags, ops, snap, cts, fdbs, peer, latency, up, ip_ids, tpl):
+def _check(rows, r0, t, horizon, flags, ops, snap, cts, fdbs, peer, latency, up, ip_ids, tpl):
     """The checks of one packet's program: (arrival, None) or (None, why)."""
     tt = t
     for r, (kind, a, b, c, d) in zip(range(r0, r0 + len(rows)), rows):
@@ -142,17 +146,15 @@ def _check(rows, r0, t, horizon, steady, flags, ops, snap, cts, fdbs, peer, late
             if not 0 <= a < len(ip_ids):
                 raise _bad(r, rows)
         elif kind == OP_CAP:
-            if not 0 <= a < len(tpl):
+            if not 0 <= a or a + 2 >= len(tpl) or not (0 <= b < 2**32 and 0 <= c < 2**16):
                 raise _bad(r, rows)
-            if not steady:
-                return None, "cap_teardown"
         elif kind != OP_DELIVER:
             raise _bad(r, rows)
     return tt, None
 
 
 def replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len, ops, snap, cts, fdbs, peer,
-           latency, up, ip_ids, flows, capture, counts, stops=None) -> Result:
+           latency, up, ip_ids, flows, capture, counts, stops=None, frames=None) -> Result:
     horizon = max(int(horizon), int(end))
     end = int(end)
     n = len(flow)
@@ -163,8 +165,6 @@ def replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len
     tpl_buf = capture.tpl_buf.tobytes()
     for i in range(n):
         f, s, t = int(flow[i]), int(step[i]), int(time[i])
-        stop_steps = 3 + 2 * k_data + (3 if flows.teardown[f] else 0)
-        first_step = 2 if flows.teardown[f] else 3
         why = None
         while True:
             if counts[FULL]:
@@ -173,7 +173,7 @@ def replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len
             if t >= horizon:
                 why = "horizon"
                 break
-            if not first_step <= s < stop_steps:
+            if not 2 <= s < 6 + 2 * k_data:
                 why = "step"
                 break
             server, flags, seq, ack, ip_id = script(f, s, k_data, payload, flows.isn_c, flows.isn_s,
@@ -184,8 +184,7 @@ def replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len
                 why = "no_program"
                 break
             rows = [tuple(int(x) for x in ops[r]) for r in range(r0, r0 + count)]
-            arrive, why = _check(rows, r0, t, horizon, s < 3 + 2 * k_data, flags, ops, snap, cts, fdbs, peer,
-                                 latency, up, ip_ids, tpl)
+            arrive, why = _check(rows, r0, t, horizon, flags, ops, snap, cts, fdbs, peer, latency, up, ip_ids, tpl)
             if why is not None:
                 break
             if arrive >= horizon:   # it must arrive before the caller's next event
@@ -193,7 +192,7 @@ def replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len
                 break
             caps = [a for kind, a, *_ in rows if kind == OP_CAP]
             if int(counts[N_REC]) + len(caps) > len(capture.start) \
-                    or int(counts[N_BYTES]) + sum(tpl[a][1] for a in caps) > len(capture.buf):
+                    or int(counts[N_BYTES]) + FIELD_BYTES * len(caps) > len(capture.buf):
                 counts[FULL] = 1
                 why = "full"
                 break
@@ -202,6 +201,8 @@ def replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len
             counts[NEXT_ID] = pkt + 1
             tt = t
             outer_id = 0
+            # a capture point's templates: steady (data or ACK), pure ACK, FIN
+            variant = 0 if 3 <= s < 3 + 2 * k_data else 2 if flags & FIN else 1
             for kind, a, b, c, d in rows:
                 if kind == OP_LINK:
                     tt += int(latency[a])
@@ -216,13 +217,19 @@ def replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len
                     outer_id = int(ip_ids[a])
                     ip_ids[a] = (outer_id + 1) & 0xFFFF
                 elif kind == OP_CAP:
-                    start, length, port, note, inner = tpl[a]
-                    frame = captured(tpl_buf[start:start + length], inner, ip_id, seq, ack, (f << 16) | s, outer_id)
+                    v = a + variant
+                    start, length, port, note, inner = tpl[v]
+                    tag = (f << 16) | s
                     k, pos = int(counts[N_REC]), int(counts[N_BYTES])
-                    capture.buf[pos:pos + length] = bytearray(frame)
+                    capture.buf[pos:pos + FIELD_BYTES] = bytearray(struct.pack("!HHIIQIH", ip_id, outer_id, seq, ack,
+                                                                                tag, b, c))
                     capture.start[k], capture.length[k], capture.port[k] = pos, length, port
                     capture.time[k], capture.pkt_id[k], capture.note[k] = tt, pkt, note
-                    counts[N_REC], counts[N_BYTES] = k + 1, pos + length
+                    capture.tpl_id[k] = v
+                    counts[N_REC], counts[N_BYTES] = k + 1, pos + FIELD_BYTES
+                    if frames is not None:
+                        frames.append(captured(tpl_buf[start:start + length], inner, ip_id, seq, ack, tag, outer_id,
+                                               b, c))
             d = 1 if server else 0
             sent[2 * i + d] += 1
             lat[2 * i + d] = arrive - t
