@@ -65,33 +65,38 @@ class FlowCache:
         self.kinds = kinds
         self.replayed = 0
         self._tpl_of: dict[bytes, int] = {}   # a path's frame (_path_keys) -> its templates in the taps
-        self._clear()
-
-    def _clear(self) -> None:
         self.prog_start = np.zeros(2 * self.n, np.int64)
         self.prog_len = np.zeros(2 * self.n, np.int64)
         # programs' rows (the first _n_ops in use) and their connections' snapshots: room
         # for every flow's two programs up front (zeroed lazily by the OS: the pages no
         # program reaches cost nothing), so they seldom grow
         self.ops = np.zeros((min(MAX_OPS, 2 * self.n * 20), OPS), np.int64)
-        self._n_ops = 0
-        self._dead = 0                               # rows of programs forgotten
         self.snap = ct._aligned_zeros(min(MAX_OPS, 2 * self.n * 5), ct.CONN_DTYPE)
-        self._n_snap = 0
         # learner slots: rows (kind, a, b, c, fingerprint), how many, the key, the state
         self._rows = {name: np.zeros((MAX_ROWS, 0), np.int64) for name in ROW}
         self._fill = np.zeros(0, np.int64)
         self._key = np.zeros(0, np.int64)
         self._state = np.zeros(0, np.int8)        # FREE, LEARNING, DELIVERED, FAILED
         self._free = np.zeros(0, np.int64)
-        self._n_free = 0
-        self._ended = False                      # a learner finished since the last compile
         self._ct_ns: dict[int, int] = {}         # namespace id -> table number
         self._ct_objs: list = []
         self._fdb_br: dict[int, int] = {}
         self._fdb_objs: list = []
         self._enc_ns: dict[int, int] = {}
         self._enc_objs: list = []
+        self._clear()
+
+    def _clear(self) -> None:
+        """No programs and no learners. The arrays stay, to be written again:
+        their memory is touched already."""
+        self.prog_len[:] = 0
+        self._n_ops = 0
+        self._dead = 0                               # rows of programs forgotten
+        self._n_snap = 0
+        self._state[:] = FREE
+        self._free[:] = np.arange(len(self._key) - 1, -1, -1)
+        self._n_free = len(self._key)
+        self._ended = False                      # a learner finished since the last compile
 
     # -- learning (called by the generator and the fast path) --------------------------------
     def begin(self, batch, idx, keys) -> None:
@@ -182,18 +187,16 @@ class FlowCache:
         fill = self._fill[good]
         owner = np.repeat(np.arange(len(good)), fill)
         pos = np.arange(len(owner)) - np.repeat(np.cumsum(fill) - fill, fill)
-        at = (pos, good[owner])                        # the learners' rows, learner after learner
-        rows = np.zeros((len(owner), OPS), np.int64)
-        for j, name in enumerate(("kind", "a", "b", "c")):
-            rows[:, j] = self._rows[name][at]
-        fps = self._rows["fp"][at]
-        kind = rows[:, 0]
+        slot = good[owner]                              # the learners' rows, learner after learner
+        kind = self._rows["kind"][pos, slot]
         ok = np.ones(len(good), bool)
         isct = np.nonzero(kind == OP_CT)[0]
-        for k in np.unique(rows[isct, 1]).tolist():   # each connection still the one stepped
-            m = isct[rows[isct, 1] == k]
-            same = fingerprint(conn_records(self._ct_objs[k].conntrack.table.conns, rows[m, 2])) == fps[m]
-            ok[owner[m[~same]]] = False
+        at = (pos[isct], slot[isct])
+        table, conn, fps = self._rows["a"][at], self._rows["b"][at], self._rows["fp"][at]
+        for k in np.unique(table).tolist():            # each connection still the one stepped
+            m = table == k
+            same = fingerprint(conn_records(self._ct_objs[k].conntrack.table.conns, conn[m])) == fps[m]
+            ok[owner[isct[m][~same]]] = False
         # the last good learner of each key (a flow with a short round trip may finish several)
         keys = self._key[good]
         last = np.ones(len(good), bool)
@@ -203,8 +206,14 @@ class FlowCache:
         ok &= last
         if not ok.any():
             return
-        rows = rows[ok[owner]]
-        rows[(rows[:, 0] == OP_FDB_LEARN) | (rows[:, 0] == OP_FDB_FWD), 4] = -1   # no slot hint yet
+        keep = np.nonzero(ok[owner])[0]
+        base = self._room(len(keep))
+        rows = self.ops[base:base + len(keep)]          # written in place
+        rows[:, 0] = kind[keep]
+        for j, name in ((1, "a"), (2, "b"), (3, "c")):
+            rows[:, j] = self._rows[name][pos[keep], slot[keep]]
+        fdb = (rows[:, 0] == OP_FDB_LEARN) | (rows[:, 0] == OP_FDB_FWD)
+        rows[:, 4] = np.where(fdb, -1, 0)               # no slot hint yet
         fill, keys = fill[ok], keys[ok]
         c = np.nonzero(rows[:, 0] == OP_CT)[0]
         if len(c):   # snapshots of the connections' tuples
@@ -218,16 +227,22 @@ class FlowCache:
         if len(cap):
             client = np.repeat(keys, fill)[cap] % 2 == 0
             rows[cap, 1], rows[cap, 2], rows[cap, 3] = self._templates(rows[cap, 1], client)
-        self.prog_start[keys] = self._append_ops(rows) + np.r_[0, np.cumsum(fill)[:-1]]
+        self._n_ops += len(keep)
+        self.prog_start[keys] = base + np.r_[0, np.cumsum(fill)[:-1]]
         self.prog_len[keys] = fill
 
-    def _append_ops(self, ops) -> int:
-        """Room doubles as programs come: where `ops` now start."""
+    def _room(self, n: int) -> int:
+        """Room for n more program rows (it doubles as programs come): where they go."""
         base = self._n_ops
-        if base + len(ops) > len(self.ops):
-            grown = np.zeros((max(2 * len(self.ops), base + len(ops), 1024), OPS), np.int64)
+        if base + n > len(self.ops):
+            grown = np.zeros((max(2 * len(self.ops), base + n, 1024), OPS), np.int64)
             grown[:base] = self.ops[:base]
             self.ops = grown
+        return base
+
+    def _append_ops(self, ops) -> int:
+        """`ops` after the programs' rows: where they start."""
+        base = self._room(len(ops))
         self.ops[base:base + len(ops)] = ops
         self._n_ops += len(ops)
         return base
