@@ -6,9 +6,10 @@ never brings the expiry forward" rule), emu.dataplane.conntrack.tcp_next for
 the TCP tracker, emu.bulk.traffic's `script` for each packet's flags,
 sequence and acknowledgement numbers. Captured packets are records of a
 template and the packet's fields (kernels.frametpl's layout); `frames`, if
-given, collects each record's frame built here with tests.reference.checksum's
-checksums from scratch (kernels.frametpl updates them incrementally). FDB entries are found by scanning the table
-for the MAC (no hashing).
+given, collects each record's frame as tests.reference.frametpl builds it,
+every checksum from scratch (kernels.frametpl updates them
+incrementally). FDB entries are found by scanning the table for the MAC
+(no hashing).
 
 `replay` takes the kernel wrapper's arguments and mutates the same inputs
 the kernel does: conntrack records, FDB entries and clocks, the slot hints
@@ -27,8 +28,8 @@ from kernels import fdb as fdbk
 from kernels.frametpl import FIELD_BYTES
 from kernels.replay import (FULL, N_BYTES, N_REC, NEXT_ID, OP_CAP, OP_CT, OP_DELIVER, OP_ENCAP, OP_FDB_FWD,
                             OP_FDB_LEARN, OP_LINK, Result)
-from tests.reference import checksum as cks
 from tests.reference import flow as rflow
+from tests.reference import frametpl as rframe
 
 FIN, ACK, PSH = 0x01, 0x10, 0x08
 TUPLE_FIELDS = ("zone", "proto", "orig_src", "orig_dst", "orig_sport", "orig_dport",
@@ -65,35 +66,6 @@ def fdb_slot(entries, mac):
         if int(entries[j]["mac"]) == mac:
             return j
     return -1
-
-
-def _get16(b, p):
-    return b[p] << 8 | b[p + 1]
-
-
-def captured(template: bytes, inner: int, ip_id: int, seq: int, ack: int, tag: int, outer_id: int, ports: int,
-             outer_sport: int) -> bytes:
-    """The template frame with this packet's fields and every checksum computed afresh."""
-    b = bytearray(template)
-    ip = inner
-    ihl = (b[ip] & 0x0F) * 4
-    total = _get16(b, ip + 2)
-    b[ip + 4:ip + 6] = struct.pack("!H", ip_id)
-    b[ip + 10:ip + 12] = struct.pack("!H", cks.ipv4_header_checksum(bytes(b[ip:ip + ihl])))
-    l4 = ip + ihl
-    doff = (b[l4 + 12] >> 4) * 4
-    b[l4:l4 + 12] = struct.pack("!III", ports, seq, ack)
-    if total - ihl - doff >= 8:
-        b[l4 + doff:l4 + doff + 8] = struct.pack("!Q", tag)
-    src, dst = struct.unpack("!II", bytes(b[ip + 12:ip + 20]))
-    seg = bytes(b[l4:ip + total])
-    b[l4 + 16:l4 + 18] = struct.pack("!H", cks.l4_checksum(src, dst, 6, seg))
-    if inner == 64:   # VXLAN: the outer IPv4 header's id is the encapsulation's
-        o = 14
-        b[o + 4:o + 6] = struct.pack("!H", outer_id & 0xFFFF)
-        b[34:36] = struct.pack("!H", outer_sport)   # the outer UDP checksum: 0, none
-        b[o + 10:o + 12] = struct.pack("!H", cks.ipv4_header_checksum(bytes(b[o:o + 20])))
-    return bytes(b)
 
 
 def _bad(r, row):
@@ -228,8 +200,8 @@ def replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len
                     capture.tpl_id[k] = v
                     counts[N_REC], counts[N_BYTES] = k + 1, pos + FIELD_BYTES
                     if frames is not None:
-                        frames.append(captured(tpl_buf[start:start + length], inner, ip_id, seq, ack, tag, outer_id,
-                                               b, c))
+                        frames.append(rframe.frame(tpl_buf[start:start + length], inner, ip_id, outer_id, seq, ack,
+                                                   tag, b, c))
             d = 1 if server else 0
             sent[2 * i + d] += 1
             lat[2 * i + d] = arrive - t
