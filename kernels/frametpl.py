@@ -133,26 +133,28 @@ def _first(bad: np.ndarray) -> int:
     return int(np.nonzero(bad)[0][0])
 
 
-def check_templates(tpl_buf, tpl) -> tuple[np.ndarray, np.ndarray]:
-    """tpl_buf and tpl checked: every template inside tpl_buf, with the IPv4
-    (no options) / TCP (no options) headers `emit` writes into where its
-    `inner` column says, and the TCP packet inside the frame."""
+def check_templates(tpl_buf, tpl, which=None) -> tuple[np.ndarray, np.ndarray]:
+    """tpl_buf and tpl checked: every template (or those numbered `which`)
+    inside tpl_buf, with the IPv4 (no options) / TCP (no options) headers
+    `emit` writes into where its `inner` column says, and the TCP packet
+    inside the frame."""
     tpl_buf = _check.array(tpl_buf, "tpl_buf", np.uint8)
     tpl = _check.array(tpl, "tpl", np.int64, ndim=2)
     if tpl.shape[1] != TPL:
         raise ValueError(f"tpl: expected {TPL} columns, got {tpl.shape[1]}")
-    if not len(tpl):
+    number = np.arange(len(tpl)) if which is None else which
+    if not len(number):
         return tpl_buf, tpl
-    start, length, inner = tpl[:, 0], tpl[:, 1], tpl[:, 4]
+    start, length, inner = tpl[number, 0], tpl[number, 1], tpl[number, 4]
     bad = (start < 0) | (length < 0) | (start > len(tpl_buf) - length)
     if bad.any():
         k = _first(bad)
-        raise ValueError(f"tpl: template {k} [{start[k]}, {start[k] + length[k]}) lies outside "
+        raise ValueError(f"tpl: template {number[k]} [{start[k]}, {start[k] + length[k]}) lies outside "
                          f"tpl_buf ({len(tpl_buf)} bytes)")
     bad = ((inner != 14) & (inner != VXLAN_INNER)) | (length < inner + 40)
     if bad.any():
         k = _first(bad)
-        raise ValueError(f"tpl: template {k}: inner IPv4 offset {inner[k]} (14, or {VXLAN_INNER} under "
+        raise ValueError(f"tpl: template {number[k]}: inner IPv4 offset {inner[k]} (14, or {VXLAN_INNER} under "
                          f"VXLAN) leaves no IPv4 + TCP header in its {length[k]} bytes")
 
     def b(at):   # the byte at each template's offset `at` (inside it: checked above)
@@ -166,7 +168,7 @@ def check_templates(tpl_buf, tpl) -> tuple[np.ndarray, np.ndarray]:
                             | (b(start + 40) != 0) | (b(start + 41) != 0)))
     if bad.any():
         k = _first(bad)
-        raise ValueError(f"tpl: template {k} has no IPv4 (no options) / TCP (no options) packet at "
+        raise ValueError(f"tpl: template {number[k]} has no IPv4 (no options) / TCP (no options) packet at "
                          f"offset {inner[k]} that fits its {length[k]} bytes"
                          + (" (or no outer IPv4 / UDP header without a checksum at 14)" if inner[k] > 14 else ""))
     return tpl_buf, tpl
@@ -190,8 +192,9 @@ def materialize(buf, starts, lengths, tpl_ids, tpl_buf, tpl, out, out_starts) ->
     tpl_ids = _check.array(tpl_ids, "tpl_ids", np.int32)
     out_starts = _check.array(out_starts, "out_starts", np.int64)
     _check.same_length(starts=starts, lengths=lengths, tpl_ids=tpl_ids, out_starts=out_starts)
-    tpl_buf, tpl = check_templates(tpl_buf, tpl)
+    tpl = _check.array(tpl, "tpl", np.int64, ndim=2)
     _check.in_range(tpl_ids, "tpl_ids", -1, len(tpl) - 1)
+    tpl_buf, tpl = check_templates(tpl_buf, tpl, np.unique(tpl_ids[tpl_ids >= 0]))   # the ones used
     _check.in_range(lengths, "lengths", 0, max(len(buf), len(out)))
     plain = tpl_ids < 0
     size = np.where(plain, lengths, FIELD_BYTES)   # what each record holds in buf
