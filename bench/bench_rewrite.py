@@ -55,3 +55,27 @@ def test_ttl_scapy(benchmark, record):
     _, _, frame = _batch(1)
     record("TTL decrement", "baseline", BASELINE_N, "packets")
     benchmark.pedantic(lambda: [ref.decrement_ttl(frame) for _ in range(BASELINE_N)], rounds=3, iterations=1)
+
+
+def _ranges(n):
+    src = np.random.default_rng(1).integers(0, 256, 1 << 20).astype(np.uint8)
+    src_starts = (np.arange(n, dtype=np.int64) * 7919) % ((1 << 20) - 256)
+    lengths = np.full(n, 150, np.int64)
+    return src, src_starts, lengths, np.zeros(n * 150, np.uint8), np.arange(n, dtype=np.int64) * 150
+
+
+def test_copy_ranges_emu(benchmark, record):
+    args = _ranges(N)
+    rewrite.copy_ranges(*(a[:2] if k in (1, 2, 4) else a for k, a in enumerate(args)))
+    record("copy 150-byte frames (capture, pool)", "emu", N, "frames")
+    benchmark(rewrite.copy_ranges, *args)
+
+
+def test_copy_ranges_numpy_slices(benchmark, record):
+    src, ss, ls, dst, ds = _ranges(BASELINE_N * 10)
+
+    def run():
+        for s, n, d in zip(ss.tolist(), ls.tolist(), ds.tolist()):
+            dst[d:d + n] = src[s:s + n]
+    record("copy 150-byte frames (capture, pool)", "baseline", BASELINE_N * 10, "frames")
+    benchmark.pedantic(run, rounds=3, iterations=1)

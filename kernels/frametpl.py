@@ -98,7 +98,9 @@ def emit(tpl_buf, tpl, k, buf, pos, ip_id, seq, ack, tag, outer_id, ports, outer
     """Template k at buf[pos:] with this packet's fields, checksums updated
     for what changed; its length."""
     start, length, inner = tpl[k, 0], tpl[k, 1], tpl[k, 4]
-    buf[pos:pos + length] = tpl_buf[start:start + length]
+    a, z = tpl_buf[start:start + length], buf[pos:pos + length]
+    for b in range(length):   # a byte copy, as rewrite._copy_ranges does it
+        z[b] = a[b]
     ip = pos + inner
     total = _get16(buf, ip + 2)
     _put16(buf, ip + 10, _set16(buf, ip + 4, ip_id, _get16(buf, ip + 10)))
@@ -123,7 +125,9 @@ def _materialize(buf, starts, lengths, tpl_ids, tpl_buf, tpl, out, out_starts):
         q = out_starts[i]
         k = tpl_ids[i]
         if k < 0:
-            out[q:q + lengths[i]] = buf[p:p + lengths[i]]
+            a, z = buf[p:p + lengths[i]], out[q:q + lengths[i]]
+            for b in range(lengths[i]):   # a byte copy, as rewrite._copy_ranges does it
+                z[b] = a[b]
         else:
             emit(tpl_buf, tpl, k, out, q, _get16(buf, p), _get32(buf, p + 4), _get32(buf, p + 8),
                  _get64(buf, p + 12), _get16(buf, p + 2), _get32(buf, p + 20), _get16(buf, p + 24))

@@ -152,11 +152,16 @@ def vxlan_encap(buf, start, length, slots, src_ip: int, dst_ips, sports, dport: 
 
 @jit
 def _copy_ranges(src, src_starts, lengths, dst, dst_starts):
+    # Byte copies in kernels are loops over views indexed from range(): no
+    # negative-index test per byte, so LLVM vectorizes them. On the 2-core VM
+    # a 150-byte frame took 14 ns so, 215 as `dst[d + b] = src[s + b]`, 60-150
+    # with numba's slice assignment, 27 through a helper function (each call
+    # counts references to its arrays): kernels write the loop in place.
     for i in range(len(src_starts)):
-        s = src_starts[i]
-        d = dst_starts[i]
-        for b in range(lengths[i]):
-            dst[d + b] = src[s + b]
+        n = lengths[i]
+        a, z = src[src_starts[i]:src_starts[i] + n], dst[dst_starts[i]:dst_starts[i] + n]
+        for b in range(n):
+            z[b] = a[b]
 
 
 def copy_ranges(src: np.ndarray, src_starts: np.ndarray, lengths: np.ndarray,
