@@ -187,16 +187,19 @@ class FlowCache:
         fill = self._fill[good]
         owner = np.repeat(np.arange(len(good)), fill)
         pos = np.arange(len(owner)) - np.repeat(np.cumsum(fill) - fill, fill)
-        slot = good[owner]                              # the learners' rows, learner after learner
-        kind = self._rows["kind"][pos, slot]
+        # the learners' rows, learner after learner, as flat indices into the [row, slot] arrays
+        flat = pos * len(self._key) + good[owner]
+        kind = self._rows["kind"].ravel()[flat]
         ok = np.ones(len(good), bool)
         isct = np.nonzero(kind == OP_CT)[0]
-        at = (pos[isct], slot[isct])
-        table, conn, fps = self._rows["a"][at], self._rows["b"][at], self._rows["fp"][at]
+        table, conn, fps = (self._rows[name].ravel()[flat[isct]] for name in ("a", "b", "fp"))
+        recs = ct._aligned_zeros(len(isct), ct.CONN_DTYPE)   # the connections now: checked, then kept
         for k in np.unique(table).tolist():            # each connection still the one stepped
-            m = table == k
-            same = fingerprint(conn_records(self._ct_objs[k].conntrack.table.conns, conn[m])) == fps[m]
-            ok[owner[isct[m][~same]]] = False
+            m = np.nonzero(table == k)[0]
+            now = conn_records(self._ct_objs[k].conntrack.table.conns, conn[m])
+            _words(recs)[m] = _words(now)
+            same = fingerprint(now) == fps[m]
+            ok[owner[isct[m[~same]]]] = False
         # the last good learner of each key (a flow with a short round trip may finish several)
         keys = self._key[good]
         last = np.ones(len(good), bool)
@@ -210,19 +213,15 @@ class FlowCache:
         base = self._room(len(keep))
         rows = self.ops[base:base + len(keep)]          # written in place
         rows[:, 0] = kind[keep]
+        flat = flat[keep]
         for j, name in ((1, "a"), (2, "b"), (3, "c")):
-            rows[:, j] = self._rows[name][pos[keep], slot[keep]]
+            rows[:, j] = self._rows[name].ravel()[flat]
         fdb = (rows[:, 0] == OP_FDB_LEARN) | (rows[:, 0] == OP_FDB_FWD)
         rows[:, 4] = np.where(fdb, -1, 0)               # no slot hint yet
         fill, keys = fill[ok], keys[ok]
         c = np.nonzero(rows[:, 0] == OP_CT)[0]
         if len(c):   # snapshots of the connections' tuples
-            snaps = ct._aligned_zeros(len(c), ct.CONN_DTYPE)
-            words = snaps.view(np.uint64).reshape(len(c), -1)
-            for k in np.unique(rows[c, 1]).tolist():
-                m = rows[c, 1] == k
-                words[m] = _words(self._ct_objs[k].conntrack.table.conns)[rows[c[m], 2]]
-            rows[c, 4] = self._append_snaps(snaps)
+            rows[c, 4] = self._append_snaps(_words(recs)[np.searchsorted(isct, keep[c])])
         cap = np.nonzero(rows[:, 0] == OP_CAP)[0]
         if len(cap):
             client = np.repeat(keys, fill)[cap] % 2 == 0
@@ -247,15 +246,16 @@ class FlowCache:
         self._n_ops += len(ops)
         return base
 
-    def _append_snaps(self, snaps) -> np.ndarray:
+    def _append_snaps(self, words) -> np.ndarray:
+        """Snapshots (conntrack records as _words rows) after the others: their numbers."""
         base = self._n_snap
-        if base + len(snaps) > len(self.snap):
-            grown = ct._aligned_zeros(max(2 * len(self.snap), base + len(snaps), 1024), ct.CONN_DTYPE)
-            grown[:base] = self.snap[:base]
+        if base + len(words) > len(self.snap):
+            grown = ct._aligned_zeros(max(2 * len(self.snap), base + len(words), 1024), ct.CONN_DTYPE)
+            _words(grown)[:base] = _words(self.snap)[:base]
             self.snap = grown
-        _words(self.snap)[base:base + len(snaps)] = _words(snaps)
-        self._n_snap += len(snaps)
-        return base + np.arange(len(snaps))
+        _words(self.snap)[base:base + len(words)] = words
+        self._n_snap += len(words)
+        return base + np.arange(len(words))
 
     def _templates(self, records, client):
         """The templates of the learners' capture records (their frames, ports
@@ -335,11 +335,11 @@ class FlowCache:
         at = np.repeat(self.prog_start[live] - np.r_[0, np.cumsum(lens)[:-1]], lens) + np.arange(lens.sum())
         ops = self.ops[at]
         c = np.nonzero(ops[:, 0] == OP_CT)[0]
-        snaps = _words(self.snap)[ops[c, 4]].reshape(-1).view(ct.CONN_DTYPE)
+        snaps = _words(self.snap)[ops[c, 4]]
         ops[c, 4] = np.arange(len(c))
         self._n_ops = self._n_snap = self._dead = 0
         self.prog_start[live] = self._append_ops(ops) + np.r_[0, np.cumsum(lens)[:-1]]
-        self._append_snaps(_aligned(snaps))
+        self._append_snaps(snaps)
 
     # -- replay -----------------------------------------------------------------------------
     def run(self, traffic, f, s, t, end: int, horizon: int) -> rk.Result:
@@ -469,12 +469,6 @@ def _words(conns) -> np.ndarray:
 def conn_records(conns, index) -> np.ndarray:
     """conns[index] (conntrack records), gathered as words."""
     return _words(conns)[index].reshape(-1).view(ct.CONN_DTYPE)
-
-
-def _aligned(recs) -> np.ndarray:
-    out = ct._aligned_zeros(len(recs), ct.CONN_DTYPE)
-    _words(out)[:] = _words(recs)
-    return out
 
 
 def fingerprint(recs) -> np.ndarray:
