@@ -90,11 +90,11 @@ class Flows(NamedTuple):
 
 
 class Capture(NamedTuple):
-    """Templates in; records out, written as emu.capture.taps keeps them:
+    """The templates' columns in (kernels.frametpl: their bytes are not
+    read here); records out, written as emu.capture.taps keeps them:
     template records (their fields in `buf` from byte counts[N_BYTES] on,
     FIELD_BYTES each), columns from row counts[N_REC] on (up to their
     length: then FULL)."""
-    tpl_buf: np.ndarray    # uint8
     tpl: np.ndarray        # int64 [templates, TPL]
     buf: np.ndarray        # uint8
     start: np.ndarray      # int64
@@ -134,7 +134,7 @@ def _fdb_slot(entries, salt, mac, port, hint):
 @jit
 def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len, ops, snap, cts, n_cts, fdb_entries,
             fdb_states, fdb_salts, n_fdbs, peer, latency, up, ip_ids, isn_c, isn_s, ipid_c, ipid_s, c_got, echoes,
-            tpl_buf, tpl, cap_buf, cap_start, cap_len, cap_port, cap_time, cap_pkt, cap_note, cap_tpl, counts, out_step,
+            tpl, cap_buf, cap_start, cap_len, cap_port, cap_time, cap_pkt, cap_note, cap_tpl, counts, out_step,
             out_time, sent, lat):
     """The loops of `replay` in one function (helpers taking the table tuples
     would pay reference counting on every call). Returns the last arrival
@@ -373,8 +373,8 @@ def replay(flow, step, time, end: int, horizon: int, k_data: int, payload: int, 
     ip_ids = _updated(ip_ids, "ip_ids", np.int64)
     _check.in_range(ip_ids, "ip_ids", 0, 0xFFFF)
     cap = Capture(*(_updated(a, name, dt, ndim=2 if name == "tpl" else 1) for a, name, dt in zip(
-        capture, Capture._fields, (np.uint8, np.int64, np.uint8, np.int64, np.int64, np.int32, np.int64, np.int64,
-                                   np.int32, np.int32))))
+        capture, Capture._fields, (np.int64, np.uint8, np.int64, np.int64, np.int32, np.int64, np.int64, np.int32,
+                                   np.int32))))
     if cap.tpl.shape[1] != TPL:
         raise ValueError(f"tpl: expected {TPL} columns")
     _check.same_length(start=cap.start, length=cap.length, port=cap.port, time=cap.time, pkt_id=cap.pkt_id,

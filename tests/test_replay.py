@@ -247,7 +247,7 @@ def args(w):
     """replay's arguments, every array a fresh copy."""
     c = lambda a: a.copy()  # noqa: E731
     flows = Flows(*(c(w[k]) for k in ("isn_c", "isn_s", "ipid_c", "ipid_s", "c_got", "echoes")))
-    cap = Capture(c(w["tpl_buf"]), c(w["tpl"]), *(c(a) for a in w["cap"]))
+    cap = Capture(c(w["tpl"]), *(c(a) for a in w["cap"]))
     return [c(w["flow"]), c(w["step"]), c(w["time"]), w["end"], w["horizon"], w["k"], w["payload"],
             c(w["prog_start"]), c(w["prog_len"]), c(w["ops"]), _aligned_copy(w["snap"]),
             tuple(_aligned_copy(t) for t in w["cts"]), tuple(_copy_fdb(f) for f in w["fdbs"]), c(w["peer"]),
@@ -282,14 +282,14 @@ def assert_same(got, want, a, b):
         assert np.array_equal(a[k], b[k])
 
 
-def new_frames(a, counts_before):
+def new_frames(a, counts_before, tpl_buf):
     """The frames of the records the kernel wrote (kernels.frametpl.materialize)."""
     cap = a[18]
     k = slice(int(counts_before[rk.N_REC]), int(a[19][rk.N_REC]))
     lengths = cap.length[k].copy()
     out_starts = (np.cumsum(lengths) - lengths).astype(np.int64)
     out = np.zeros(int(lengths.sum()), np.uint8)
-    frametpl.materialize(cap.buf, cap.start[k].copy(), lengths, cap.tpl_id[k].copy(), cap.tpl_buf, cap.tpl, out,
+    frametpl.materialize(cap.buf, cap.start[k].copy(), lengths, cap.tpl_id[k].copy(), tpl_buf, cap.tpl, out,
                          out_starts)
     return [bytes(out[p:p + n]) for p, n in zip(out_starts.tolist(), lengths.tolist())]
 
@@ -298,9 +298,9 @@ def run_both(w, stops=None):
     a, b = args(w), args(w)
     got = rk.replay(*a)
     frames = []
-    want = ref.replay(*b, stops=stops, frames=frames)
+    want = ref.replay(*b, stops=stops, frames=frames, tpl_buf=w["tpl_buf"])
     assert_same(got, want, a, b)
-    assert new_frames(a, w["counts"]) == frames
+    assert new_frames(a, w["counts"], w["tpl_buf"]) == frames
     return got
 
 
@@ -401,7 +401,7 @@ def test_reference_frames_agree_with_scapy():
         w = make_world(seed)
         b = args(w)
         frames = []
-        ref.replay(*b, frames=frames)
+        ref.replay(*b, frames=frames, tpl_buf=w["tpl_buf"])
         flows = b[17]
         for frame in frames:
             outer = Ether(frame)[IP]
@@ -486,6 +486,20 @@ def test_wrapper_rejects_bad_input(change):
     _bad(change)
 
 
+def _one_template(vxlan):
+    """_one_row's template frame (a data segment with 8 bytes; under VXLAN or not)."""
+    buf = np.zeros(120, np.uint8)
+    z = lambda d: np.zeros(1, d)  # noqa: E731
+    at = 50 if vxlan else 0
+    n = int(fill_frames(buf, np.array([at], np.int64), np.array([6], np.uint8), z(np.uint32), z(np.uint32),
+                        z(np.uint16), z(np.uint16), z(np.uint32), z(np.uint32), np.array([0x18], np.uint8),
+                        z(np.uint16), np.zeros(8, np.uint8), np.array([8], np.uint16))[0])
+    if vxlan:
+        vxlan_outer_one(buf, 0, n, 0xC0A80001, 0xC0A80002, 40000, 8472, 1, 64, 0)
+        n += 50
+    return buf[:n].copy()
+
+
 def _one_row(*rows, cts=True, fdbs=True, vxlan=False):
     """A one-flow world whose client program is `rows` then DELIVER (the
     server has none), with one table, bridge, counter, template (under VXLAN
@@ -496,20 +510,13 @@ def _one_row(*rows, cts=True, fdbs=True, vxlan=False):
               np.array([3], np.uint8), np.array([10**12], np.int64), 0)
     f = fdbk.make_fdb(4)
     fdbk.learn(f, np.array([0x020000000001], np.uint64), np.array([0], np.int32), 0)
-    buf = np.zeros(120, np.uint8)
     z = lambda d: np.zeros(1, d)  # noqa: E731
-    at = 50 if vxlan else 0
-    n = int(fill_frames(buf, np.array([at], np.int64), np.array([6], np.uint8), z(np.uint32), z(np.uint32),
-                        z(np.uint16), z(np.uint16), z(np.uint32), z(np.uint32), np.array([0x18], np.uint8),
-                        z(np.uint16), np.zeros(8, np.uint8), np.array([8], np.uint16))[0])
-    if vxlan:
-        vxlan_outer_one(buf, 0, n, 0xC0A80001, 0xC0A80002, 40000, 8472, 1, 64, 0)
-        n += 50
+    n = len(_one_template(vxlan))
     ops = np.array([*rows, [OP_DELIVER, 0, 0, 0, 0]], np.int64)
     snap = ct._aligned_zeros(1, ct.CONN_DTYPE)
     snap[0] = t.conns[0]
     flows = Flows(z(np.uint32), z(np.uint32), z(np.uint16), z(np.uint16), z(np.int64), z(np.int64))
-    cap = Capture(buf[:n].copy(), np.array([[0, n, 0, 0, 64 if vxlan else 14]] * 3, np.int64), *_records(1000, 10))
+    cap = Capture(np.array([[0, n, 0, 0, 64 if vxlan else 14]] * 3, np.int64), *_records(1000, 10))
     return [np.zeros(1, np.int64), np.array([3], np.int64), np.zeros(1, np.int64), 0, 10**6, 2, 100,
             np.array([0, 0], np.int64), np.array([len(ops), 0], np.int64), ops, snap, (t.conns,) if cts else (),
             (f,) if fdbs else (), np.array([1, 0], np.int32), np.array([5, 5], np.int64), np.ones(2, np.bool_),
@@ -549,7 +556,7 @@ def test_vxlan_capture_after_encap():
         x[8][1] = x[8][0]   # the server's packets take the same program
     got, want = rk.replay(*a), ref.replay(*b)
     assert_same(got, want, a, b)
-    ids = [int.from_bytes(f[18:20], "big") for f in new_frames(a, np.zeros(4, np.int64))]
+    ids = [int.from_bytes(f[18:20], "big") for f in new_frames(a, np.zeros(4, np.int64), _one_template(True))]
     assert ids == [65535, 0, 1, 2, 3, 4, 5] and list(got.step) == [10]
 
 
@@ -579,7 +586,7 @@ def test_ip_ids_beyond_16_bits_rejected_or_masked(next_id):
         rk.replay(*a)
     except ValueError:
         return
-    frame = new_frames(a, np.zeros(4, np.int64))[0]
+    frame = new_frames(a, np.zeros(4, np.int64), _one_template(True))[0]
     assert int.from_bytes(frame[24:26], "big") == cks.ipv4_header_checksum(frame[14:34])
 
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from emu.bulk import variants
 from kernels import conntrack as ct
-from kernels import parse, rewrite
+from kernels import parse
 from kernels import replay as rk
 from kernels.frametpl import FIELD_BYTES, TPL
 from kernels.replay import OP_CAP, OP_CT, OP_DELIVER, OP_FDB_FWD, OP_FDB_LEARN, OPS
@@ -265,17 +265,15 @@ class FlowCache:
         flow whose frame there differs only in the fields kernels.frametpl
         fills: one per path, not per flow."""
         taps = self.engine.taps
-        cols = taps._cols
-        start, length = cols["start"][records].astype(np.int64), cols["length"][records].astype(np.int64)
-        frames = np.zeros(int(length.sum()), np.uint8)
-        at = np.cumsum(length) - length
-        rewrite.copy_ranges(taps.buf, start, length, frames, at)
+        r = {k: v[records] for k, v in taps._cols.items()}
+        frames, at = taps.frames(r)
+        length = r["length"]
         ports = sorted(set().union(*(ns._vxlan_ports() for ns in self._vxlan_owners())))
         h = parse.parse(frames, at, length, tuple(ports))
         inner = np.where((h.flags & parse.VXLAN) != 0, h.inner_off.astype(np.int64) + 14, 14)
         tcp_ports = _be(frames, at + inner + 20, 4)
         outer_sport = np.where(inner > 14, _be(frames, at + 34, 2), 0)
-        port, note = cols["port"][records], cols["note"][records]
+        port, note = r["port"], r["note"]
         keys, first, inverse = _path_keys(frames, at, length, inner, port, note, client)
         ids = np.array([self._tpl_of.get(k, -1) for k in keys], np.int64)
         new = np.nonzero(ids < 0)[0]
@@ -362,12 +360,11 @@ class FlowCache:
                 records = self._capture_need(traffic, f, s)
                 taps._reserve(records + CAPTURE_RECORDS, (records + CAPTURE_RECORDS) * FIELD_BYTES)
                 c = taps._cols
-                cap = rk.Capture(taps.tpl_buf, taps.tpl, taps.buf, c["start"], c["length"], c["port"], c["time"],
+                cap = rk.Capture(taps.tpl, taps.buf, c["start"], c["length"], c["port"], c["time"],
                                  c["pkt_id"], c["note"], c["tpl"])
                 counts[rk.N_REC], counts[rk.N_BYTES] = taps.count, taps._used
             else:
-                cap = rk.Capture(np.zeros(0, np.uint8), np.zeros((0, TPL), np.int64), np.zeros(0, np.uint8),
-                                 *_NO_RECORDS)
+                cap = rk.Capture(np.zeros((0, TPL), np.int64), np.zeros(0, np.uint8), *_NO_RECORDS)
             out = rk.replay(f, s, t, end, horizon, traffic.k, traffic.payload, self.prog_start, self.prog_len,
                             self.ops, self.snap, cts, fdbs, peer, latency, up, ip_ids, flows, cap, counts)
             if taps is not None:

@@ -35,8 +35,8 @@ cannot carry through the fast path (emu.bulk.fastpath), and the rest of a
 TCP flow (the handshake's ACK, data, ACKs, teardown), once its SYN and
 SYN-ACK have shown the path each way (a direction whose program would carry
 fewer than MIN_CARRIED packets is not learned), through the flow cache
-(emu.bulk.flowcache, kernels.replay): the same
-tables, each packet at its own time. The cache runs ahead of the window up
+(emu.bulk.flowcache, kernels.replay): the same tables, each packet at its
+own time. The cache runs ahead of the window up
 to the engine's next event (HORIZON_NS at most); what it changes commutes
 with the fast path's packets. `flow_cache=False` leaves it out: then the
 bytes are the interactive engine's exactly (with it, VXLAN outer IP ids of
@@ -67,6 +67,7 @@ from kernels import flow as fk
 
 TCP, UDP = 6, 17
 SYN, ACK, FIN, PSH = 0x02, 0x10, 0x01, 0x08
+TCP_KINDS = ("SYN", "FIN", "data", "ACK")   # the kinds of packet a TCP flow sends (their comments)
 _SALT = 0x5DEECE66D
 SYN_RTO_NS = 1_000_000_000      # TCP_TIMEOUT_INIT
 SYN_RETRIES = 6                 # net.ipv4.tcp_syn_retries
@@ -387,7 +388,7 @@ class Traffic:
     def _kind_text(self, k) -> str:
         if self.proto == UDP:
             return "bulk udp " + ("echo" if k else "datagram")
-        return "bulk tcp " + ("SYN", "FIN", "data", "ACK")[k]
+        return "bulk tcp " + TCP_KINDS[k]
 
     def _note_for(self, f, s) -> str:
         return self._kind_text(int(self._kinds([f], [s])[0]))
@@ -687,9 +688,8 @@ class Traffic:
                 eng.capture(default_taps(eng))
             self.fast = FastPath(eng, self, 14 + 20 + 20 + self.payload + 50, window_ns=self.window)
             if self.flow_cache and self.proto == TCP:
-                kinds = ("SYN", "FIN", "data", "ACK")
                 self.fast.cache = FlowCache(eng, self.n, payload=self.template[:self.payload],
-                                            kinds={k: self._kind_text(i) for i, k in enumerate(kinds)})
+                                            kinds={k: self._kind_text(i) for i, k in enumerate(TCP_KINDS)})
                 self._token = None
             self._pending = [first]
             # the run allocates many short-lived arrays: with the collector on, each of

@@ -28,9 +28,8 @@ from __future__ import annotations
 import numpy as np
 
 from kernels import checksum, rewrite
-
-ACK, PSH, FIN = 0x10, 0x08, 0x01
-STEADY, PURE_ACK, FIN_ACK = range(3)   # a capture point's templates, in order
+from kernels.flow import ACK, FIN
+from kernels.replay import PSH
 
 
 def tcp_variants(frames, at, inner, client, payload):

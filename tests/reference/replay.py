@@ -6,7 +6,8 @@ never brings the expiry forward" rule), emu.dataplane.conntrack.tcp_next for
 the TCP tracker, emu.bulk.traffic's `script` for each packet's flags,
 sequence and acknowledgement numbers. Captured packets are records of a
 template and the packet's fields (kernels.frametpl's layout); `frames`, if
-given, collects each record's frame as tests.reference.frametpl builds it,
+given, collects each record's frame as tests.reference.frametpl builds it
+from the templates' bytes `tpl_buf`,
 every checksum from scratch (kernels.frametpl updates them
 incrementally). FDB entries are found by scanning the table for the MAC
 (no hashing).
@@ -126,7 +127,7 @@ def _check(rows, r0, t, horizon, flags, ops, snap, cts, fdbs, peer, latency, up,
 
 
 def replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len, ops, snap, cts, fdbs, peer,
-           latency, up, ip_ids, flows, capture, counts, stops=None, frames=None) -> Result:
+           latency, up, ip_ids, flows, capture, counts, stops=None, frames=None, tpl_buf=None) -> Result:
     horizon = max(int(horizon), int(end))
     end = int(end)
     n = len(flow)
@@ -134,7 +135,7 @@ def replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len
     sent, lat = [0] * (2 * n), [0] * (2 * n)
     last = -1
     tpl = [[int(x) for x in row] for row in capture.tpl]
-    tpl_buf = capture.tpl_buf.tobytes()
+    tpl_buf = None if tpl_buf is None else bytes(tpl_buf)
     for i in range(n):
         f, s, t = int(flow[i]), int(step[i]), int(time[i])
         why = None
