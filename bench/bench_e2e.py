@@ -206,8 +206,8 @@ def test_conntrack_memory_for_10m_flows(record, benchmark):
     from emu.bulk import flowcache as fc
     per_flow_state = 8 + 8 + 4 + 2 + 4 + 4 + 2 + 2 + 4 + 4 + 2 + 2 + 8 + 1 + 1 + 1 + 8  # emu.bulk.traffic columns
     table = ct.table_bytes(10_000_000)
-    cache = (10_000_000 * 2 * (8 + 8)                           # prog_start, prog_len per (flow, direction)
-             + fc.MAX_OPS * (fc.OPS * 8 + ct.CONN_DTYPE.itemsize)   # program rows, a snapshot per row at most
+    cache = (10_000_000 * 2 * (8 + 8 + 8)                       # prog_start, prog_len, ref_start per (flow, direction)
+             + fc.MAX_OPS * fc.OPS * 8 + fc.MAX_REFS * fc.REFS * 8  # path rows, flows' references
              + fc.MAX_LEARNERS * fc.MAX_ROWS * len(fc.ROW) * 8)     # learners in flight
     total = table + 10_000_000 * per_flow_state + cache
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)

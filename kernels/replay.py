@@ -4,14 +4,19 @@ the live tables, and their frames written where they are captured.
 
 A program is what the fast path saw one packet of a (flow, direction) do,
 hop by hop (emu.bulk.flowcache learns and compiles it): one row per
-operation, in path order (columns kind, a, b, c, d).
+operation, in path order (columns kind, a, b, c, d). Flows along the same
+path share its rows; what is the flow's own (its connections, and the ports
+written in its captured frames) is in its references: `refs` rows from
+ref_start[key] on, one per OP_CT and OP_CAP row of the path, in path order
+(REFS columns).
 
     OP_LINK      a = engine port        the link is up at both ends; adds its latency
-    OP_CT        a = table, b = conn,   conntrack at a namespace: the connection still holds
-                 c = direction,         the learned tuples (snap[d]), is confirmed, lives past
-                 d = snapshot row       the horizon, has seen a reply if this is one; TCP: the
-                                        packet's flags are a valid step (tcp_next). Then the
-                                        state step, kernels.flow's refresh and ASSURED
+    OP_CT        a = table,             conntrack at a namespace: the connection (ref: conn,
+                 c = direction          then its tuples as four words, tuple_words) still holds
+                 ref = (conn, w0..w3)   those tuples, is confirmed, lives past the horizon, has
+                                        seen a reply if this is one; TCP: the packet's flags are
+                                        a valid step (tcp_next). Then the state step,
+                                        kernels.flow's refresh and ASSURED
     OP_FDB_LEARN a = bridge,            br_fdb_update of the source MAC b: its entry still says
                  b = MAC, c = port,     ingress port c and has not aged; its time is refreshed
                  d = slot hint
@@ -20,13 +25,13 @@ operation, in path order (columns kind, a, b, c, d).
                  d = slot hint          (slot hints are the kernel's own: -1 at first)
     OP_ENCAP     a = counter            a VXLAN encapsulation draws the next IP id there
     OP_CAP       a = template,          a capture point: templates a, a + 1, a + 2 are the frame
-                 b = TCP ports,         there of a steady packet (data or ACK), a pure ACK and a
-                 c = outer UDP          FIN (made from the learner's, with their own comments);
-                     source port        a record of the packet's template and fields (IP id,
+                 ref = (TCP ports,      there of a steady packet (data or ACK), a pure ACK and a
+                        outer UDP       FIN (made from the learner's, with their own comments);
+                        source port)    a record of the packet's template and fields (IP id,
                                         the id the encapsulation drew for an outer header,
                                         sequence and acknowledgement numbers, payload tag, and
-                                        the flow's ports b and c there) is written:
-                                        kernels.frametpl makes the frame from them
+                                        the flow's ports there) is written: kernels.frametpl
+                                        makes the frame from them
     OP_DELIVER                          the endpoint's socket
 
 The traffic is emu.bulk.traffic's closed loop: packet s of a flow leaves
@@ -76,6 +81,7 @@ from kernels.frametpl import FIELD_BYTES, TPL, put_fields
 OP_LINK, OP_CT, OP_FDB_LEARN, OP_FDB_FWD, OP_ENCAP, OP_CAP, OP_DELIVER = 1, 2, 3, 4, 5, 6, 7
 PSH = 0x08
 OPS = 5          # columns of a program row: kind, a, b, c, d
+REFS = 5         # columns of a reference row: conn and four tuple words (OP_CT); ports, outer port (OP_CAP)
 (N_REC, N_BYTES, NEXT_ID, FULL) = range(4)   # the `counts` array
 
 
@@ -106,13 +112,23 @@ class Capture(NamedTuple):
     tpl_id: np.ndarray     # int32: the record's template
 
 
+def tuple_words(conns) -> np.ndarray:
+    """Conntrack records' tuples as four int64 words each (their bytes 0-31
+    as stored: zone, protocol, both tuples; word 0 without state and status,
+    which change): what an OP_CT reference holds."""
+    w = conns.view(np.uint64).reshape(len(conns), conns.dtype.itemsize // 8)[:, :4].copy()
+    w[:, 0] &= np.uint64(0xFFFFFF)
+    return w.view(np.int64)
+
+
 @jit
-def _same_tuples(rec, snap):
-    return rec.zone == snap.zone and rec.proto == snap.proto and rec.orig_src == snap.orig_src \
-        and rec.orig_dst == snap.orig_dst and rec.orig_sport == snap.orig_sport \
-        and rec.orig_dport == snap.orig_dport and rec.reply_src == snap.reply_src \
-        and rec.reply_dst == snap.reply_dst and rec.reply_sport == snap.reply_sport \
-        and rec.reply_dport == snap.reply_dport
+def _same_tuples(rec, w0, w1, w2, w3):
+    """The record's tuples are the words' (tuple_words, field by field)."""
+    return rec.zone == (w0 & 0xFFFF) and rec.proto == ((w0 >> 16) & 0xFF) \
+        and rec.orig_src == (w1 & 0xFFFFFFFF) and rec.orig_dst == ((w1 >> 32) & 0xFFFFFFFF) \
+        and rec.orig_sport == (w2 & 0xFFFF) and rec.orig_dport == ((w2 >> 16) & 0xFFFF) \
+        and rec.reply_src == ((w2 >> 32) & 0xFFFFFFFF) and rec.reply_dst == (w3 & 0xFFFFFFFF) \
+        and rec.reply_sport == ((w3 >> 32) & 0xFFFF) and rec.reply_dport == ((w3 >> 48) & 0xFFFF)
 
 
 @jit
@@ -132,13 +148,14 @@ def _fdb_slot(entries, salt, mac, port, hint):
 
 
 @jit
-def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len, ops, snap, cts, n_cts, fdb_entries,
-            fdb_states, fdb_salts, n_fdbs, peer, latency, up, ip_ids, isn_c, isn_s, ipid_c, ipid_s, c_got, echoes,
-            tpl, cap_buf, cap_start, cap_len, cap_port, cap_time, cap_pkt, cap_note, cap_tpl, counts, out_step,
+def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len, ops, ref_start, refs, cts, n_cts,
+            fdb_entries, fdb_states, fdb_salts, n_fdbs, peer, latency, up, ip_ids, isn_c, isn_s, ipid_c, ipid_s, c_got,
+            echoes, tpl, cap_buf, cap_start, cap_len, cap_port, cap_time, cap_pkt, cap_note, cap_tpl, counts, out_step,
             out_time, sent, lat):
     """The loops of `replay` in one function (helpers taking the table tuples
     would pay reference counting on every call). Returns the last arrival
-    (-1: none), or -2 - r when program row r refers to nothing that exists."""
+    (-1: none), or -2 - r when program row r refers to nothing that exists
+    (its reference included)."""
     last = np.int64(-1)
     n_ports = len(peer)
     for i in range(len(flow)):
@@ -181,6 +198,7 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
             else:
                 count_check = count
             # check: the path is still the program's, and valid for this packet
+            ref = ref_start[key]
             for r in range(first, first + count_check):
                 kind = ops[r, 0]
                 a = ops[r, 1]
@@ -194,13 +212,13 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
                     tt += latency[a]
                 elif kind == OP_CT:
                     direction = ops[r, 3]
-                    if a < 0 or a >= n_cts or ops[r, 2] < 0 or ops[r, 2] >= len(cts[a]) \
-                            or ops[r, 4] < 0 or ops[r, 4] >= len(snap) \
-                            or (direction != ct.ORIGINAL and direction != ct.REPLY):
+                    if a < 0 or a >= n_cts or ref < 0 or ref >= len(refs) or refs[ref, 0] < 0 \
+                            or refs[ref, 0] >= len(cts[a]) or (direction != ct.ORIGINAL and direction != ct.REPLY):
                         return -2 - r
-                    rec = cts[a][ops[r, 2]]
-                    if (rec.status & ct.IPS_CONFIRMED) == 0 or not _same_tuples(rec, snap[ops[r, 4]]) \
-                            or rec.expires <= max(tt, horizon):
+                    rec = cts[a][refs[ref, 0]]
+                    same = _same_tuples(rec, refs[ref, 1], refs[ref, 2], refs[ref, 3], refs[ref, 4])
+                    ref += 1
+                    if (rec.status & ct.IPS_CONFIRMED) == 0 or not same or rec.expires <= max(tt, horizon):
                         ok = False
                         break
                     if direction == ct.REPLY and (rec.status & ct.IPS_SEEN_REPLY) == 0:
@@ -225,8 +243,10 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
                     if a < 0 or a >= len(ip_ids):
                         return -2 - r
                 elif kind == OP_CAP:
-                    if a < 0 or a + 2 >= len(tpl) or not (0 <= ops[r, 2] <= 0xFFFFFFFF and 0 <= ops[r, 3] <= 0xFFFF):
+                    if a < 0 or a + 2 >= len(tpl) or ref < 0 or ref >= len(refs) \
+                            or not (0 <= refs[ref, 0] <= 0xFFFFFFFF and 0 <= refs[ref, 1] <= 0xFFFF):
                         return -2 - r
+                    ref += 1
                     n_rec += 1
                     n_bytes += FIELD_BYTES
                 elif kind != OP_DELIVER:
@@ -266,13 +286,15 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
             tag = (np.uint64(f) << np.uint64(16)) | np.uint64(s)
             outer_id = np.int64(0)
             tt = t
+            ref = ref_start[key]
             for r in range(first, first + count):
                 kind = ops[r, 0]
                 a = ops[r, 1]
                 if kind == OP_LINK:
                     tt += latency[a]
                 elif kind == OP_CT:
-                    rec = cts[a][ops[r, 2]]
+                    rec = cts[a][refs[ref, 0]]
+                    ref += 1
                     seen_reply = (rec.status & ct.IPS_SEEN_REPLY) != 0 or ops[r, 3] == ct.REPLY
                     p = np.int64(rec.proto)
                     state = np.int64(rec.state)
@@ -299,7 +321,8 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
                     k = counts[N_REC]
                     pos = counts[N_BYTES]
                     v = a + variant
-                    put_fields(cap_buf, pos, ip_id, outer_id, seq, ack, tag, ops[r, 2], ops[r, 3])
+                    put_fields(cap_buf, pos, ip_id, outer_id, seq, ack, tag, refs[ref, 0], refs[ref, 1])
+                    ref += 1
                     cap_start[k] = pos
                     cap_len[k] = tpl[v, 1]
                     cap_port[k] = tpl[v, 2]
@@ -340,8 +363,9 @@ class Result(NamedTuple):
     last: int              # the latest arrival, -1 if none
 
 
-def replay(flow, step, time, end: int, horizon: int, k_data: int, payload: int, prog_start, prog_len, ops, snap,
-           cts: tuple, fdbs: tuple, peer, latency, up, ip_ids, flows: Flows, capture: Capture, counts) -> Result:
+def replay(flow, step, time, end: int, horizon: int, k_data: int, payload: int, prog_start, prog_len, ops,
+           ref_start, refs, cts: tuple, fdbs: tuple, peer, latency, up, ip_ids, flows: Flows, capture: Capture,
+           counts) -> Result:
     """Carry the flows on (see the module docstring). cts: the conntrack
     tables' `conns` arrays by table number; fdbs: kernels.fdb.Fdb by bridge
     number; ip_ids: each counter's next IP id (updated); counts: int64
@@ -355,13 +379,15 @@ def replay(flow, step, time, end: int, horizon: int, k_data: int, payload: int, 
     ops = _check.array(ops, "ops", np.int64, ndim=2)
     if ops.shape[1] != OPS:
         raise ValueError(f"ops: expected {OPS} columns, got {ops.shape[1]}")
-    if not isinstance(snap, np.ndarray) or snap.dtype != ct.CONN_DTYPE or snap.ndim != 1:
-        raise ValueError("snap: expected a 1-D array of conntrack records (CONN_DTYPE)")
+    ref_start = _check.array(ref_start, "ref_start", np.int64)
+    refs = _check.array(refs, "refs", np.int64, ndim=2)
+    if refs.shape[1] != REFS:
+        raise ValueError(f"refs: expected {REFS} columns, got {refs.shape[1]}")
     fl = Flows(*(_updated(a, name, dt) for a, name, dt in zip(
         flows, Flows._fields, (np.uint32, np.uint32, np.uint16, np.uint16, np.int64, np.int64))))
     n_flows = _check.same_length(**dict(zip(Flows._fields, fl)))
-    if len(prog_start) != len(prog_len) or len(prog_start) != 2 * n_flows:
-        raise ValueError("prog_start/prog_len: two programs (one per direction) per flow")
+    if len(prog_start) != len(prog_len) or len(prog_start) != 2 * n_flows or len(ref_start) != len(prog_start):
+        raise ValueError("prog_start/prog_len/ref_start: two programs (one per direction) per flow")
     _check.in_range(flow, "flow", 0, n_flows - 1)
     if len(prog_len) and (prog_len.min() < 0 or prog_start[prog_len > 0].min(initial=0) < 0
                           or (prog_start + prog_len).max() > len(ops)):
@@ -398,11 +424,11 @@ def replay(flow, step, time, end: int, horizon: int, k_data: int, payload: int, 
     cts = tuple(cts) if cts else (ct._aligned_zeros(1, ct.CONN_DTYPE),)  # numba wants a non-empty tuple
     fdbs = tuple(fdbs) if fdbs else (fdbk.make_fdb(1),)
     last = _replay(flow, step, time, np.int64(end), np.int64(max(horizon, end)), np.int64(k_data),
-                   np.int64(payload), prog_start, prog_len, ops, snap, cts, np.int64(n_cts),
+                   np.int64(payload), prog_start, prog_len, ops, ref_start, refs, cts, np.int64(n_cts),
                    tuple(f.entries for f in fdbs), tuple(f.state for f in fdbs),
                    np.array([f.salt for f in fdbs], np.uint64), np.int64(n_fdbs), peer, latency, up,
                    ip_ids, *fl, *cap, counts, out.step, out.time, out.sent, out.latency)
     if last <= -2:
         r = -2 - int(last)
-        raise ValueError(f"ops: row {r} ({ops[r].tolist()}) refers to nothing that exists")
+        raise ValueError(f"ops: row {r} ({ops[r].tolist()}) or its reference refers to nothing that exists")
     return out._replace(last=int(last))

@@ -242,18 +242,18 @@ def test_flow_cache_programs_are_dropped_when_tables_change(tmp_path):
 
 
 def test_flow_cache_reclaims_ended_flows_programs(tmp_path, monkeypatch):
-    """Programs of flows that ended are forgotten and their rows reclaimed
-    (here after 64 dead rows), while the rest keep running on theirs; and
-    no more than MAX_OPS rows are learned (here 40: most flows stay on the
-    fast path). The outcome is the fast path's either way."""
+    """Programs of flows that ended are forgotten and their references
+    reclaimed (here after 64 dead ones), while the rest keep running on
+    theirs; and no more than MAX_REFS references are learned (here 8: most
+    flows stay on the fast path). The outcome is the fast path's either way."""
     from emu.bulk import flowcache
     monkeypatch.setattr(flowcache, "COMPACT_AFTER", 64)
     compactions = []
     real = flowcache.FlowCache._compact
-    monkeypatch.setattr(flowcache.FlowCache, "_compact", lambda self: (compactions.append(self._n_ops), real(self)))
+    monkeypatch.setattr(flowcache.FlowCache, "_compact", lambda self: (compactions.append(self._n_refs), real(self)))
     out = {}
-    for flow_cache, max_ops in ((False, 0), (True, 1 << 20), (True, 40)):
-        monkeypatch.setattr(flowcache, "MAX_OPS", max_ops)
+    for flow_cache, max_refs in ((False, 0), (True, 1 << 20), (True, 8)):
+        monkeypatch.setattr(flowcache, "MAX_REFS", max_refs)
         c = cluster(tmp_path, replicas=3, capture=False)
         warm(c, "web:80", "tcp")
         t = Traffic(c, ["default/client"], "web:80", protocol="tcp", flows=200, packets=8, rate_pps=400_000,
@@ -261,9 +261,9 @@ def test_flow_cache_reclaims_ended_flows_programs(tmp_path, monkeypatch):
         r = t.run()
         entries = {n: sorted(tuple(int(e[k]) for k in TUPLE + ["state", "status"]) for e in node.ns.conntrack.entries())
                    for n, node in c.fabric.nodes.items()}
-        out[(flow_cache, max_ops)] = (r, entries, t.fast.cache)
+        out[(flow_cache, max_refs)] = (r, entries, t.fast.cache)
     (r0, e0, _), (r1, e1, c1), (r2, e2, c2) = out.values()
-    assert compactions and c1._n_ops < max(compactions)
+    assert compactions and c1._n_refs < max(compactions)
     assert r1.cached > r2.cached > 0 and r2.cached < r1.cached / 2
     for r, e in ((r1, e1), (r2, e2)):
         for k in ("packets", "delivered", "completed", "broken", "backends", "drops"):

@@ -29,6 +29,8 @@ from tests.reference import replay as ref
 from tests.util import run_with_boundscheck
 
 SENTINEL = -7
+TUPLE_FIELDS = ("zone", "proto", "orig_src", "orig_dst", "orig_sport", "orig_dport",
+                "reply_src", "reply_dst", "reply_sport", "reply_dport")
 FILL = 0xA5
 
 
@@ -105,25 +107,29 @@ def _templates(rng, n_ports):
     return buf, np.array(rows, np.int64).reshape(-1, frametpl.TPL)
 
 
-def _snap_of(rec, rng, snaps, bad):
-    s = np.zeros(1, ct.CONN_DTYPE)
-    s[0] = rec
+def _ct_ref(conns, b, rng, bad):
+    """An OP_CT reference to connection b: b and its tuples' words."""
+    rec = conns[b:b + 1].copy()
     if rng.random() < bad / 2:   # the connection was replaced since the program was learned
-        k = str(rng.choice(ref.TUPLE_FIELDS))
-        s[k] = int(s[k][0]) ^ 1
-    snaps.append(s[0])
-    return len(snaps) - 1
+        k = str(rng.choice(TUPLE_FIELDS))
+        rec[k] = int(rec[k][0]) ^ 1
+    return [b, *rk.tuple_words(rec)[0].tolist()]
 
 
-def _row(rng, kind, w, snaps, fdb_macs):
+def _ref(rng, row, w):
+    """A flow's reference for a path's OP_CT or OP_CAP row (its ports there and its VXLAN source port)."""
+    if row[0] == OP_CT:
+        conns = w["cts"][row[1]]
+        return _ct_ref(conns, int(rng.integers(0, len(conns))), rng, w["bad"])
+    return [int(rng.integers(0, 2**32)), int(rng.integers(0, 2**16)), 0, 0, 0]
+
+
+def _row(rng, kind, w, fdb_macs):
     if kind == OP_LINK:
         ports = w["paired"] if len(w["paired"]) and rng.random() >= w["bad"] else np.arange(len(w["peer"]))
         return [kind, int(rng.choice(ports)), 0, 0, 0]
     if kind == OP_CT:
-        a = int(rng.integers(0, len(w["cts"])))
-        conns = w["cts"][a]
-        b = int(rng.integers(0, len(conns)))
-        return [kind, a, b, int(rng.random() < 0.5), _snap_of(conns[b], rng, snaps, w["bad"])]
+        return [kind, int(rng.integers(0, len(w["cts"]))), 0, int(rng.random() < 0.5), 0]
     if kind in (OP_FDB_LEARN, OP_FDB_FWD):
         a = int(rng.integers(0, len(w["fdbs"])))
         f = w["fdbs"][a]
@@ -145,38 +151,51 @@ def _row(rng, kind, w, snaps, fdb_macs):
         return [kind, a, mac, port, hint]
     if kind == OP_ENCAP:
         return [kind, int(rng.integers(0, len(w["ip_ids"]))), 0, 0, 0]
-    if kind == OP_CAP:   # the flow's ports there (and its VXLAN source port)
-        return [kind, int(rng.integers(0, len(w["tpl"]) - 2)), int(rng.integers(0, 2**32)),
-                int(rng.integers(0, 2**16)), 0]
+    if kind == OP_CAP:
+        return [kind, int(rng.integers(0, len(w["tpl"]) - 2)), 0, 0, 0]
     return [OP_DELIVER, 0, 0, 0, 0]
 
 
 def _programs(rng, w, fdb_macs):
+    """Paths (some shared by several keys, as the flow cache shares them) and
+    each key's references."""
     n_flows = len(w["isn_c"])
-    ops, snaps = [], []
+    ops, refs, paths = [], [], []
     prog_start = np.zeros(2 * n_flows, np.int64)
     prog_len = np.zeros(2 * n_flows, np.int64)
+    ref_start = np.zeros(2 * n_flows, np.int64)
     for key in range(2 * n_flows):
-        if rng.random() < 0.3:   # rows no program names
+        if rng.random() < 0.3:   # rows no program names, references no key names
             ops += [[int(rng.integers(0, 100)), -9, -9, -9, -9] for _ in range(int(rng.integers(1, 3)))]
+            refs += [[-9] * rk.REFS for _ in range(int(rng.integers(1, 3)))]
         if rng.random() < w["bad"]:
             prog_start[key] = int(rng.integers(0, len(ops) + 1))
+            ref_start[key] = int(rng.integers(-1, len(refs) + 2))
             continue
-        rows = []
-        for _ in range(int(rng.integers(1, 5))):   # hops
-            for kind, p in ((OP_LINK, 0.8), (OP_CT, 0.5), (OP_FDB_LEARN, 0.3), (OP_FDB_FWD, 0.3), (OP_ENCAP, 0.25),
-                            (OP_CAP, 0.35 if len(w["tpl"]) else 0.0)):
-                if rng.random() < p:
-                    rows.append(_row(rng, kind, w, snaps, fdb_macs))
-        if not rows or rng.random() < 0.9:
-            rows.append([OP_DELIVER, 0, 0, 0, 0])
-        prog_start[key] = len(ops)
-        prog_len[key] = len(rows)
-        ops += rows
-    snap = ct._aligned_zeros(len(snaps), ct.CONN_DTYPE)
-    for k, s in enumerate(snaps):
-        snap[k] = s
-    return np.array(ops, np.int64).reshape(-1, rk.OPS), prog_start, prog_len, snap
+        if paths and rng.random() < 0.4:   # a path another key took
+            prog_start[key], prog_len[key] = paths[int(rng.integers(0, len(paths)))]
+            rows = [list(r) for r in ops[prog_start[key]:prog_start[key] + prog_len[key]]]
+        else:
+            rows = []
+            for _ in range(int(rng.integers(1, 5))):   # hops
+                for kind, p in ((OP_LINK, 0.8), (OP_CT, 0.5), (OP_FDB_LEARN, 0.3), (OP_FDB_FWD, 0.3),
+                                (OP_ENCAP, 0.25), (OP_CAP, 0.35 if len(w["tpl"]) else 0.0)):
+                    if rng.random() < p:
+                        rows.append(_row(rng, kind, w, fdb_macs))
+            if not rows or rng.random() < 0.9:
+                rows.append([OP_DELIVER, 0, 0, 0, 0])
+            prog_start[key] = len(ops)
+            prog_len[key] = len(rows)
+            paths.append((len(ops), len(rows)))
+            ops += rows
+        mine = [_ref(rng, r, w) for r in rows if r[0] in (OP_CT, OP_CAP)]
+        ref_start[key] = len(refs)
+        if mine and rng.random() < w["bad"] / 3:   # references cut short
+            mine = mine[:-1]
+            ref_start[key] = len(refs) + int(rng.integers(0, 2)) * 10**6
+        refs += mine
+    return (np.array(ops, np.int64).reshape(-1, rk.OPS), prog_start, prog_len, ref_start,
+            np.array(refs, np.int64).reshape(-1, rk.REFS))
 
 
 def make_world(seed):
@@ -208,7 +227,7 @@ def make_world(seed):
     w["fdbs"], fdb_macs = _fdbs(rng, w["bad"])
     w["ip_ids"] = near(2**16, int(rng.integers(1, 4))).astype(np.int64)
     w["tpl_buf"], w["tpl"] = _templates(rng, n_ports)
-    w["ops"], w["prog_start"], w["prog_len"], w["snap"] = _programs(rng, w, fdb_macs)
+    w["ops"], w["prog_start"], w["prog_len"], w["ref_start"], w["refs"] = _programs(rng, w, fdb_macs)
     n = int(rng.integers(1, 7))
     w["flow"] = rng.integers(0, n_flows, n).astype(np.int64)
     last = 3 + 2 * w["k"] + 3
@@ -249,7 +268,7 @@ def args(w):
     flows = Flows(*(c(w[k]) for k in ("isn_c", "isn_s", "ipid_c", "ipid_s", "c_got", "echoes")))
     cap = Capture(c(w["tpl"]), *(c(a) for a in w["cap"]))
     return [c(w["flow"]), c(w["step"]), c(w["time"]), w["end"], w["horizon"], w["k"], w["payload"],
-            c(w["prog_start"]), c(w["prog_len"]), c(w["ops"]), _aligned_copy(w["snap"]),
+            c(w["prog_start"]), c(w["prog_len"]), c(w["ops"]), c(w["ref_start"]), c(w["refs"]),
             tuple(_aligned_copy(t) for t in w["cts"]), tuple(_copy_fdb(f) for f in w["fdbs"]), c(w["peer"]),
             c(w["latency"]), c(w["up"]), c(w["ip_ids"]), flows, cap, c(w["counts"])]
 
@@ -266,26 +285,26 @@ def assert_same(got, want, a, b):
     assert list(got.sent) == list(want.sent)
     assert list(got.latency) == list(want.latency)
     assert got.last == want.last
-    for x, y in zip(a[11], b[11]):
-        assert _same_records(x, y)
     for x, y in zip(a[12], b[12]):
+        assert _same_records(x, y)
+    for x, y in zip(a[13], b[13]):
         assert _same_records(x.entries, y.entries)
         assert _same_records(x.state, y.state)
     assert np.array_equal(a[9], b[9])           # ops: the slot hints
-    assert np.array_equal(a[16], b[16])         # ip_ids
-    for x, y in zip(a[17], b[17]):              # flows: c_got, echoes (the rest must not change either)
+    assert np.array_equal(a[17], b[17])         # ip_ids
+    for x, y in zip(a[18], b[18]):              # flows: c_got, echoes (the rest must not change either)
         assert np.array_equal(x, y)
-    assert np.array_equal(a[19], b[19])         # counts
-    for name, x, y in zip(Capture._fields, a[18], b[18]):
+    assert np.array_equal(a[20], b[20])         # counts
+    for name, x, y in zip(Capture._fields, a[19], b[19]):
         assert np.array_equal(x, y), name
-    for k in (0, 1, 2, 7, 8, 10, 13, 14, 15):   # inputs nobody changes
+    for k in (0, 1, 2, 7, 8, 10, 11, 14, 15, 16):   # inputs nobody changes
         assert np.array_equal(a[k], b[k])
 
 
 def new_frames(a, counts_before, tpl_buf):
     """The frames of the records the kernel wrote (kernels.frametpl.materialize)."""
-    cap = a[18]
-    k = slice(int(counts_before[rk.N_REC]), int(a[19][rk.N_REC]))
+    cap = a[19]
+    k = slice(int(counts_before[rk.N_REC]), int(a[20][rk.N_REC]))
     lengths = cap.length[k].copy()
     out_starts = (np.cumsum(lengths) - lengths).astype(np.int64)
     out = np.zeros(int(lengths.sum()), np.uint8)
@@ -295,8 +314,17 @@ def new_frames(a, counts_before, tpl_buf):
 
 
 def run_both(w, stops=None):
+    """Kernel and reference on copies of the world: the same results and
+    changes, or the same error (a program reaching a reference that is not
+    there: None returned)."""
     a, b = args(w), args(w)
-    got = rk.replay(*a)
+    try:
+        got = rk.replay(*a)
+    except ValueError as e:
+        with pytest.raises(ValueError) as want_error:
+            ref.replay(*b)
+        assert str(want_error.value).split(" (")[0] == str(e).split(" (")[0]
+        return None
     frames = []
     want = ref.replay(*b, stops=stops, frames=frames, tpl_buf=w["tpl_buf"])
     assert_same(got, want, a, b)
@@ -316,22 +344,25 @@ def test_worlds_reach_every_branch():
     """The random worlds are not vacuous: packets are carried and captured,
     and every reason a flow stops occurs."""
     stops = []
-    sent = caps = encaps = fuller = 0
+    sent = caps = encaps = fuller = raised = 0
     for seed in range(300):
         w = make_world(seed)
         got = run_both(w, stops)
+        if got is None:
+            raised += 1
+            continue
         sent += int(np.sum(got.sent))
         a = args(w)
         rk.replay(*a)
-        caps += int(a[19][rk.N_REC] - w["counts"][rk.N_REC])
-        encaps += int(np.sum(a[16] != w["ip_ids"]))
-        fuller += int(a[19][rk.FULL] and not w["counts"][rk.FULL])
+        caps += int(a[20][rk.N_REC] - w["counts"][rk.N_REC])
+        encaps += int(np.sum(a[17] != w["ip_ids"]))
+        fuller += int(a[20][rk.FULL] and not w["counts"][rk.FULL])
     reasons = set(stops)
     want = {"full", "horizon", "arrives_late", "step", "no_program", "link", "ct_unconfirmed", "ct_tuples",
             "ct_expired", "ct_reply_unseen", "ct_tcp_invalid", "fdb_no_learning", "fdb_unknown", "fdb_port",
             "fdb_aged"}
     assert want - reasons == set(), sorted(map(str, want - reasons))
-    assert sent > 800 and caps > 100 and encaps > 50 and fuller > 10
+    assert sent > 800 and caps > 100 and encaps > 50 and fuller > 10 and 0 < raised < 30
 
 
 def _teardown_world():
@@ -354,20 +385,20 @@ def _teardown_world():
     conns["status"] |= ct.IPS_CONFIRMED | ct.IPS_SEEN_REPLY
     conns["expires"] = 10**16   # past the horizon
     conns["state"] = np.where(conns["proto"] == 6, 3, 0)
-    snap = ct._aligned_zeros(1, ct.CONN_DTYPE)
-    snap[0] = conns[0]
     rows = [[OP_LINK, 0, 0, 0, 0], [OP_CT, 0, 0, 0, 0], [OP_ENCAP, 0, 0, 0, 0], [OP_CAP, 0, 0, 0, 0]]
-    prog = []
+    prog, refs = [], []
     for key in range(2 * n_flows):
         r = [list(x) for x in rows]
         r[1][3] = key % 2
         if key // 2 != 0:
             r = [x for x in r if x[0] != OP_CAP]
         prog.append(r + [[OP_DELIVER, 0, 0, 0, 0]])
+        refs.append([[0, *rk.tuple_words(conns[:1])[0].tolist()]] + [[0] * rk.REFS] * (key // 2 == 0))
     w["prog_start"] = np.cumsum([0] + [len(p) for p in prog[:-1]]).astype(np.int64)
     w["prog_len"] = np.array([len(p) for p in prog], np.int64)
     w["ops"] = np.array(sum(prog, []), np.int64)
-    w["snap"] = snap
+    w["ref_start"] = np.cumsum([0] + [len(x) for x in refs[:-1]]).astype(np.int64)
+    w["refs"] = np.array(sum(refs, []), np.int64)
     w["flow"] = np.arange(n_flows, dtype=np.int64)
     w["step"] = np.full(n_flows, 2, np.int64)
     w["time"] = np.zeros(n_flows, np.int64)
@@ -387,7 +418,7 @@ def test_teardown_and_wraps_carried():
     assert list(got.step) == [3 + 2 * 2 + 3] * n_flows
     a = args(w)
     rk.replay(*a)
-    assert a[18].tpl_id[:int(a[19][rk.N_REC])].tolist() == [1, 0, 0, 0, 0, 2, 2, 1]
+    assert a[19].tpl_id[:int(a[20][rk.N_REC])].tolist() == [1, 0, 0, 0, 0, 2, 2, 1]
 
 
 def test_reference_frames_agree_with_scapy():
@@ -401,8 +432,11 @@ def test_reference_frames_agree_with_scapy():
         w = make_world(seed)
         b = args(w)
         frames = []
-        ref.replay(*b, frames=frames, tpl_buf=w["tpl_buf"])
-        flows = b[17]
+        try:
+            ref.replay(*b, frames=frames, tpl_buf=w["tpl_buf"])
+        except ValueError:   # a reference that is not there (the frames so far are checked)
+            pass
+        flows = b[18]
         for frame in frames:
             outer = Ether(frame)[IP]
             inner = Ether(frame[50:])[IP] if outer.proto == 17 else None   # VXLAN
@@ -461,24 +495,26 @@ def _set(k, v):
     lambda a: a.__setitem__(9, np.zeros((len(a[9]), 4), np.int64)),   # ops: four columns
     lambda a: a.__setitem__(9, a[9].astype(np.int32)),        # ops: wrong dtype
     lambda a: a.__setitem__(9, a[9].ravel()),                 # ops: one dimension
-    lambda a: a.__setitem__(10, np.zeros(2, np.int64)),       # snap: not records
+    lambda a: a.__setitem__(10, a[10][:-1]),                  # ref_start: not prog_start's length
+    lambda a: a.__setitem__(11, np.zeros((len(a[11]), 4), np.int64)),   # refs: four columns
+    lambda a: a.__setitem__(11, a[11].astype(np.int32)),      # refs: wrong dtype
     lambda a: a.__setitem__(8, np.r_[a[8][:-1], len(a[9]) + 1]),      # a program past ops' end
     lambda a: a.__setitem__(8, np.r_[a[8][:-1], -1]),         # a negative program length
     lambda a: a[7].__setitem__(int(np.argmax(a[8] > 0)), -1),   # a program before ops' start
-    lambda a: a.__setitem__(0, np.full_like(a[0], len(a[17].isn_c))),  # a flow that does not exist
-    lambda a: a.__setitem__(13, a[13].astype(np.int64)),      # peer: wrong dtype
-    lambda a: a.__setitem__(14, a[14][:-1]),                  # latency: not peer's length
-    lambda a: a.__setitem__(15, a[15].astype(np.uint8)),      # up: not bool
-    lambda a: a.__setitem__(16, a[16].astype(np.uint16)),     # ip_ids: wrong dtype
-    lambda a: a.__setitem__(17, a[17]._replace(c_got=a[17].c_got[:-1])),
-    lambda a: a.__setitem__(17, a[17]._replace(isn_c=a[17].isn_c.astype(np.int64))),
-    lambda a: a.__setitem__(18, a[18]._replace(tpl=a[18].tpl[:, :4].copy())),
-    lambda a: a.__setitem__(18, a[18]._replace(tpl_id=a[18].tpl_id.astype(np.int64))),
-    lambda a: a.__setitem__(18, a[18]._replace(port=a[18].port[:-1] if len(a[18].port) else np.zeros(1, np.int32))),
-    lambda a: a.__setitem__(18, a[18]._replace(time=a[18].time.astype(np.int32))),
-    lambda a: a.__setitem__(19, np.zeros(3, np.int64)),       # counts: three
-    lambda a: a[19].__setitem__(0, len(a[18].start) + 1),     # counts past the capture
-    lambda a: a[19].__setitem__(1, -1),
+    lambda a: a.__setitem__(0, np.full_like(a[0], len(a[18].isn_c))),  # a flow that does not exist
+    lambda a: a.__setitem__(14, a[14].astype(np.int64)),      # peer: wrong dtype
+    lambda a: a.__setitem__(15, a[15][:-1]),                  # latency: not peer's length
+    lambda a: a.__setitem__(16, a[16].astype(np.uint8)),      # up: not bool
+    lambda a: a.__setitem__(17, a[17].astype(np.uint16)),     # ip_ids: wrong dtype
+    lambda a: a.__setitem__(18, a[18]._replace(c_got=a[18].c_got[:-1])),
+    lambda a: a.__setitem__(18, a[18]._replace(isn_c=a[18].isn_c.astype(np.int64))),
+    lambda a: a.__setitem__(19, a[19]._replace(tpl=a[19].tpl[:, :4].copy())),
+    lambda a: a.__setitem__(19, a[19]._replace(tpl_id=a[19].tpl_id.astype(np.int64))),
+    lambda a: a.__setitem__(19, a[19]._replace(port=a[19].port[:-1] if len(a[19].port) else np.zeros(1, np.int32))),
+    lambda a: a.__setitem__(19, a[19]._replace(time=a[19].time.astype(np.int32))),
+    lambda a: a.__setitem__(20, np.zeros(3, np.int64)),       # counts: three
+    lambda a: a[20].__setitem__(0, len(a[19].start) + 1),     # counts past the capture
+    lambda a: a[20].__setitem__(1, -1),
     lambda a: a.__setitem__(6, 7),                            # payload below 8
     lambda a: a.__setitem__(6, 1401),
 ])
@@ -500,10 +536,12 @@ def _one_template(vxlan):
     return buf[:n].copy()
 
 
-def _one_row(*rows, cts=True, fdbs=True, vxlan=False):
+def _one_row(*rows, refs=None, cts=True, fdbs=True, vxlan=False):
     """A one-flow world whose client program is `rows` then DELIVER (the
     server has none), with one table, bridge, counter, template (under VXLAN
-    or not) and port pair, or no tables or bridges at all."""
+    or not) and port pair, or no tables or bridges at all. refs: the flow's
+    references (by default connection 0's for each OP_CT row, ports 0 for
+    each OP_CAP row)."""
     t = ct.make_table(2)
     ct.insert(t, *(np.zeros(1, d) for d in (np.uint16, np.uint32, np.uint32, np.uint16, np.uint16)),
               np.array([6], np.uint8), *(np.zeros(1, d) for d in (np.uint32, np.uint32, np.uint16, np.uint16)),
@@ -513,23 +551,29 @@ def _one_row(*rows, cts=True, fdbs=True, vxlan=False):
     z = lambda d: np.zeros(1, d)  # noqa: E731
     n = len(_one_template(vxlan))
     ops = np.array([*rows, [OP_DELIVER, 0, 0, 0, 0]], np.int64)
-    snap = ct._aligned_zeros(1, ct.CONN_DTYPE)
-    snap[0] = t.conns[0]
+    if refs is None:
+        conn0 = [0, *rk.tuple_words(t.conns[:1])[0].tolist()]
+        refs = [conn0 if r[0] == OP_CT else [0] * rk.REFS for r in rows if r[0] in (OP_CT, OP_CAP)]
     flows = Flows(z(np.uint32), z(np.uint32), z(np.uint16), z(np.uint16), z(np.int64), z(np.int64))
     cap = Capture(np.array([[0, n, 0, 0, 64 if vxlan else 14]] * 3, np.int64), *_records(1000, 10))
     return [np.zeros(1, np.int64), np.array([3], np.int64), np.zeros(1, np.int64), 0, 10**6, 2, 100,
-            np.array([0, 0], np.int64), np.array([len(ops), 0], np.int64), ops, snap, (t.conns,) if cts else (),
-            (f,) if fdbs else (), np.array([1, 0], np.int32), np.array([5, 5], np.int64), np.ones(2, np.bool_),
-            np.zeros(1, np.int64), flows, cap, np.zeros(4, np.int64)]
+            np.array([0, 0], np.int64), np.array([len(ops), 0], np.int64), ops, np.zeros(2, np.int64),
+            np.array(refs, np.int64).reshape(-1, rk.REFS), (t.conns,) if cts else (), (f,) if fdbs else (),
+            np.array([1, 0], np.int32), np.array([5, 5], np.int64), np.ones(2, np.bool_), np.zeros(1, np.int64),
+            flows, cap, np.zeros(4, np.int64)]
 
 
 GOOD_ROWS = [[OP_LINK, 0, 0, 0, 0], [OP_CT, 0, 0, 0, 0], [OP_FDB_LEARN, 0, 0x020000000001, 0, -1],
              [OP_FDB_FWD, 0, 0x020000000001, 0, -1], [OP_ENCAP, 0, 0, 0, 0], [OP_CAP, 0, 0, 0, 0]]
-BAD_ROWS = [[OP_LINK, 2, 0, 0, 0], [OP_LINK, -1, 0, 0, 0], [OP_CT, 1, 0, 0, 0], [OP_CT, 0, 2, 0, 0],
-            [OP_CT, 0, 0, 0, 1], [OP_CT, 0, -1, 0, 0], [OP_FDB_LEARN, 1, 0x020000000001, 0, -1],
-            [OP_FDB_LEARN, 0, 0x020000000001, -1, -1], [OP_FDB_FWD, -1, 0x020000000001, 0, -1],
-            [OP_ENCAP, 1, 0, 0, 0], [OP_CAP, 1, 0, 0, 0], [OP_CAP, -1, 0, 0, 0], [OP_CAP, 0, 2**32, 0, 0],
-            [OP_CAP, 0, -1, 0, 0], [OP_CAP, 0, 0, 2**16, 0], [0, 0, 0, 0, 0], [9, 0, 0, 0, 0]]
+# a row, and the flow's references (None: _one_row's)
+BAD_ROWS = [([OP_LINK, 2, 0, 0, 0], None), ([OP_LINK, -1, 0, 0, 0], None), ([OP_CT, 1, 0, 0, 0], None),
+            ([OP_CT, 0, 0, 2, 0], None), ([OP_CT, 0, 0, 0, 0], []), ([OP_CT, 0, 0, 0, 0], [[2, 0, 0, 0, 0]]),
+            ([OP_CT, 0, 0, 0, 0], [[-1, 0, 0, 0, 0]]), ([OP_FDB_LEARN, 1, 0x020000000001, 0, -1], None),
+            ([OP_FDB_LEARN, 0, 0x020000000001, -1, -1], None), ([OP_FDB_FWD, -1, 0x020000000001, 0, -1], None),
+            ([OP_ENCAP, 1, 0, 0, 0], None), ([OP_CAP, 1, 0, 0, 0], None), ([OP_CAP, -1, 0, 0, 0], None),
+            ([OP_CAP, 0, 0, 0, 0], []), ([OP_CAP, 0, 0, 0, 0], [[2**32, 0, 0, 0, 0]]),
+            ([OP_CAP, 0, 0, 0, 0], [[-1, 0, 0, 0, 0]]), ([OP_CAP, 0, 0, 0, 0], [[0, 2**16, 0, 0, 0]]),
+            ([0, 0, 0, 0, 0], None), ([9, 0, 0, 0, 0], None)]
 
 
 @pytest.mark.parametrize("row", GOOD_ROWS)
@@ -540,11 +584,23 @@ def test_one_row_programs_carry_the_flow(row):
     assert got.step[0] > 3
 
 
-@pytest.mark.parametrize("row", BAD_ROWS)
-def test_rows_naming_nothing_raise(row):
+@pytest.mark.parametrize("row, refs", BAD_ROWS)
+def test_rows_naming_nothing_raise(row, refs):
     for side in (rk.replay, ref.replay):
         with pytest.raises(ValueError, match="refers to nothing"):
-            side(*_one_row(row))
+            side(*_one_row(row, refs=refs))
+
+
+def test_tuple_words_hold_the_tuples():
+    """tuple_words (the kernel's side) and the reference's words_tuple agree
+    field by field, whatever the state and status."""
+    rng = np.random.default_rng(3)
+    recs = ct._aligned_zeros(50, ct.CONN_DTYPE)
+    for name in recs.dtype.names:
+        info = np.iinfo(recs.dtype[name])
+        recs[name] = rng.integers(info.min, info.max, len(recs), dtype=recs.dtype[name], endpoint=True)
+    for rec, words in zip(recs, rk.tuple_words(recs).tolist()):
+        assert ref.words_tuple(*words) == {k: int(rec[k]) for k in TUPLE_FIELDS}
 
 
 def test_vxlan_capture_after_encap():
@@ -552,8 +608,8 @@ def test_vxlan_capture_after_encap():
     rows = ([OP_LINK, 0, 0, 0, 0], [OP_ENCAP, 0, 0, 0, 0], [OP_CAP, 0, 0, 0, 0])
     a, b = _one_row(*rows, vxlan=True), _one_row(*rows, vxlan=True)
     for x in (a, b):
-        x[16][0] = 65535
-        x[8][1] = x[8][0]   # the server's packets take the same program
+        x[17][0] = 65535
+        x[8][1] = x[8][0]   # the server's packets take the same program (and references)
     got, want = rk.replay(*a), ref.replay(*b)
     assert_same(got, want, a, b)
     ids = [int.from_bytes(f[18:20], "big") for f in new_frames(a, np.zeros(4, np.int64), _one_template(True))]
@@ -573,7 +629,7 @@ def test_rows_naming_a_missing_table_raise(row, kw):
 
 def test_wrapper_rejects_tables_of_another_dtype():
     a = _one_row([OP_CT, 0, 0, 0, 0])
-    a[11] = (np.zeros(2, np.int64),)
+    a[12] = (np.zeros(2, np.int64),)
     with pytest.raises(ValueError):
         rk.replay(*a)
 
@@ -581,7 +637,7 @@ def test_wrapper_rejects_tables_of_another_dtype():
 @pytest.mark.parametrize("next_id", [65536 + 5, -1])
 def test_ip_ids_beyond_16_bits_rejected_or_masked(next_id):
     a = _one_row([OP_ENCAP, 0, 0, 0, 0], [OP_CAP, 0, 0, 0, 0], vxlan=True)
-    a[16][0] = next_id
+    a[17][0] = next_id
     try:
         rk.replay(*a)
     except ValueError:

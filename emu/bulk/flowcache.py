@@ -16,7 +16,12 @@ kube-proxy's pick, the NAT binding) stays its own: the program is the path
 the packets after it take. A learner that leaves the common case (handed
 to an interactive device, dropped) fails. When a learner is delivered its
 rows become the (flow, direction)'s program (kernels.replay), provided
-every connection it stepped is still the same one.
+every connection it stepped is still the same one: a path (the rows,
+shared by every flow whose rows are the same: one per client, backend and
+direction without capture) and the flow's references (its connections,
+with their tuples, and its ports at each capture point). A flow costs its
+references, 40 bytes each (4 a direction on a two-node VXLAN path), not a
+copy of its path.
 
 Everything else a hop does to an established packet (routes, neighbours,
 the NAT of an existing binding, MACs, TTL, kube-proxy's no-op for the outer
@@ -38,14 +43,17 @@ from kernels import conntrack as ct
 from kernels import parse
 from kernels import replay as rk
 from kernels.frametpl import FIELD_BYTES, TPL
-from kernels.replay import OP_CAP, OP_CT, OP_DELIVER, OP_FDB_FWD, OP_FDB_LEARN, OPS
+from kernels.replay import OP_CAP, OP_CT, OP_DELIVER, OP_FDB_FWD, OP_FDB_LEARN, OPS, REFS
 
 OP_FAIL = 0                 # learning only: a learner left the common case
 MAX_ROWS = 48               # a learner's rows at most (a two-node path with capture takes ~30)
 CAPTURE_RECORDS = 1 << 16   # room made in the taps before each replay call (more when it fills)
-MAX_OPS = 8 << 20           # program rows (40 bytes each) the cache holds at most: 320 MiB
+MAX_OPS = 1 << 20           # path rows (40 bytes each) the cache holds at most: 40 MiB
+MAX_REFS = 8 << 20          # flows' references (40 bytes each) the cache holds at most: 320 MiB
 MAX_LEARNERS = 1 << 16      # learners in flight at most (MAX_ROWS x 40 bytes each: 120 MiB)
-COMPACT_AFTER = 1 << 18     # dead program rows before reclaiming them is worth a copy
+COMPACT_AFTER = 1 << 18     # dead references before reclaiming them is worth a copy
+COMPILE_CHUNK = 2048        # learners compiled at a time
+_MIX = np.uint64(0xBF58476D1CE4E5B9)
 
 FREE, LEARNING, DELIVERED, FAILED = 0, 1, 2, 3
 # a logged row (one array each, [row, slot]): an operation's kind and arguments as
@@ -65,13 +73,16 @@ class FlowCache:
         self.kinds = kinds
         self.replayed = 0
         self._tpl_of: dict[bytes, int] = {}   # a path's frame (_path_keys) -> its templates in the taps
+        # per (flow, direction): its path's rows in ops, its references in refs
         self.prog_start = np.zeros(2 * self.n, np.int64)
         self.prog_len = np.zeros(2 * self.n, np.int64)
-        # programs' rows (the first _n_ops in use) and their connections' snapshots: room
-        # for every flow's two programs up front (zeroed lazily by the OS: the pages no
-        # program reaches cost nothing), so they seldom grow
-        self.ops = np.zeros((min(MAX_OPS, 2 * self.n * 20), OPS), np.int64)
-        self.snap = ct._aligned_zeros(min(MAX_OPS, 2 * self.n * 5), ct.CONN_DTYPE)
+        self.ref_start = np.zeros(2 * self.n, np.int64)
+        # paths' rows (the first _n_ops in use), shared by the flows that take them, and the
+        # flows' references (the first _n_refs): room for every flow's up front (zeroed
+        # lazily by the OS: the pages no flow reaches cost nothing), so they seldom grow
+        self.ops = np.zeros((1024, OPS), np.int64)
+        self.refs = np.zeros((min(MAX_REFS, 2 * self.n * 5), REFS), np.int64)
+        self._paths: dict[int, int] = {}          # a path's hash (_path_hashes) -> its first row
         # learner slots: rows (kind, a, b, c, fingerprint), how many, the key, the state
         self._rows = {name: np.zeros((MAX_ROWS, 0), np.int64) for name in ROW}
         self._fill = np.zeros(0, np.int64)
@@ -90,9 +101,9 @@ class FlowCache:
         """No programs and no learners. The arrays stay, to be written again:
         their memory is touched already."""
         self.prog_len[:] = 0
-        self._n_ops = 0
-        self._dead = 0                               # rows of programs forgotten
-        self._n_snap = 0
+        self._n_ops = self._n_refs = 0
+        self._dead = 0                               # references of flows forgotten
+        self._paths.clear()
         self._state[:] = FREE
         self._free[:] = np.arange(len(self._key) - 1, -1, -1)
         self._n_free = len(self._key)
@@ -101,10 +112,10 @@ class FlowCache:
     # -- learning (called by the generator and the fast path) --------------------------------
     def begin(self, batch, idx, keys) -> None:
         """Packets idx start learning (flow, direction) keys: as many as
-        MAX_LEARNERS allows in flight, none while the programs fill MAX_OPS
-        (those flows stay on the fast path)."""
+        MAX_LEARNERS allows in flight, none while the programs fill MAX_REFS
+        or MAX_OPS (those flows stay on the fast path)."""
         n = min(len(idx), MAX_LEARNERS - (len(self._key) - self._n_free))
-        if n <= 0 or self._n_ops - self._dead >= MAX_OPS:
+        if n <= 0 or self._n_refs - self._dead >= MAX_REFS or self._n_ops >= MAX_OPS:
             return
         idx, keys = idx[:n], keys[:n]
         if n > self._n_free:
@@ -173,7 +184,10 @@ class FlowCache:
     # -- compiling --------------------------------------------------------------------------
     def compile(self) -> None:
         """Programs from the learners that were delivered: every connection
-        still the one they stepped. Their slots (and the failed ones') are free again."""
+        still the one they stepped. A learner's rows are split into its path
+        (shared with every flow whose rows are the same: `_share`) and its
+        references (its connections with their tuples, its ports where it is
+        captured). Their slots (and the failed ones') are free again."""
         if not self._ended:
             return
         self._ended = False
@@ -182,8 +196,19 @@ class FlowCache:
         self._state[done] = FREE
         self._free[self._n_free:self._n_free + len(done)] = done
         self._n_free += len(done)
-        if not len(good):
-            return
+        # the last learner of each key (a flow with a short round trip may finish several)
+        keys = self._key[good]
+        order = np.argsort(keys, kind="stable")
+        ko = keys[order]
+        last = np.ones(len(good), bool)
+        last[order[:-1][ko[:-1] == ko[1:]]] = False
+        good = good[last]
+        # a chunk at a time: its temporary arrays are small enough for the allocator to
+        # reuse their memory (fresh pages cost 2-10 us each to fault in on the 2-core VM)
+        for lo in range(0, len(good), COMPILE_CHUNK):
+            self._compile(good[lo:lo + COMPILE_CHUNK])
+
+    def _compile(self, good) -> None:
         fill = self._fill[good]
         owner = np.repeat(np.arange(len(good)), fill)
         pos = np.arange(len(owner)) - np.repeat(np.cumsum(fill) - fill, fill)
@@ -200,62 +225,93 @@ class FlowCache:
             _words(recs)[m] = _words(now)
             same = fingerprint(now) == fps[m]
             ok[owner[isct[m[~same]]]] = False
-        # the last good learner of each key (a flow with a short round trip may finish several)
         keys = self._key[good]
-        last = np.ones(len(good), bool)
-        order = np.argsort(keys, kind="stable")
-        ko = keys[order]
-        last[order[:-1][ko[:-1] == ko[1:]]] = False
-        ok &= last
         if not ok.any():
             return
         keep = np.nonzero(ok[owner])[0]
-        base = self._room(len(keep))
-        rows = self.ops[base:base + len(keep)]          # written in place
-        rows[:, 0] = kind[keep]
         flat = flat[keep]
-        for j, name in ((1, "a"), (2, "b"), (3, "c")):
-            rows[:, j] = self._rows[name].ravel()[flat]
-        fdb = (rows[:, 0] == OP_FDB_LEARN) | (rows[:, 0] == OP_FDB_FWD)
-        rows[:, 4] = np.where(fdb, -1, 0)               # no slot hint yet
+        # the kept rows as columns kind, a, b, c (the slot hint column is made with the path)
+        cols = [kind[keep]] + [self._rows[name].ravel()[flat] for name in ("a", "b", "c")]
         fill, keys = fill[ok], keys[ok]
-        c = np.nonzero(rows[:, 0] == OP_CT)[0]
-        if len(c):   # snapshots of the connections' tuples
-            rows[c, 4] = self._append_snaps(_words(recs)[np.searchsorted(isct, keep[c])])
-        cap = np.nonzero(rows[:, 0] == OP_CAP)[0]
+        # the references, in path order: a connection and its tuples, a capture point's ports
+        isref = np.nonzero((cols[0] == OP_CT) | (cols[0] == OP_CAP))[0]
+        refs = np.zeros((len(isref), REFS), np.int64)
+        c = np.nonzero(cols[0][isref] == OP_CT)[0]
+        refs[c, 0] = cols[2][isref[c]]
+        refs[c, 1:] = rk.tuple_words(recs)[np.searchsorted(isct, keep[isref[c]])]
+        cap = np.nonzero(cols[0][isref] == OP_CAP)[0]
         if len(cap):
-            client = np.repeat(keys, fill)[cap] % 2 == 0
-            rows[cap, 1], rows[cap, 2], rows[cap, 3] = self._templates(rows[cap, 1], client)
-        self._n_ops += len(keep)
-        self.prog_start[keys] = base + np.r_[0, np.cumsum(fill)[:-1]]
+            client = np.repeat(keys, fill)[isref[cap]] % 2 == 0
+            cols[1][isref[cap]], refs[cap, 0], refs[cap, 1] = self._templates(cols[1][isref[cap]], client)
+            cols[3][isref[cap]] = 0
+        cols[2][isref] = 0
+        n_refs = np.bincount(np.repeat(np.arange(len(fill)), fill)[isref], minlength=len(fill))
+        self.ref_start[keys] = self._append_refs(refs) + np.cumsum(n_refs) - n_refs
+        self.prog_start[keys] = self._share(cols, fill)
         self.prog_len[keys] = fill
 
-    def _room(self, n: int) -> int:
-        """Room for n more program rows (it doubles as programs come): where they go."""
-        base = self._n_ops
-        if base + n > len(self.ops):
-            grown = np.zeros((max(2 * len(self.ops), base + n, 1024), OPS), np.int64)
-            grown[:base] = self.ops[:base]
-            self.ops = grown
+    def _share(self, cols, fill) -> np.ndarray:
+        """Each learner's path (its `fill` rows, learner after learner, in
+        the columns kind, a, b, c): where it starts in ops, the same rows
+        another learner or flow had, or added. Paths are told apart by a
+        64-bit hash of their rows (the slot hints are the kernel's), then
+        compared: a learner whose rows differ from its hash's path gets its own."""
+        n = len(fill)
+        first = np.cumsum(fill) - fill
+        uniq, one, inv = np.unique(_path_hashes(cols, fill, first), return_index=True, return_inverse=True)
+        inv = inv.reshape(-1)
+        starts = np.array([self._paths.get(x, -1) for x in uniq.tolist()], np.int64)
+        new = np.nonzero(starts < 0)[0]
+        if len(new):
+            lens = fill[one[new]]
+            starts[new] = self._append_path(cols, _spans(first[one[new]], lens)) + np.cumsum(lens) - lens
+            self._paths.update(zip(uniq[new].tolist(), starts[new].tolist()))
+        start = starts[inv]
+        # each learner's rows are its path's (a hash shared by different rows gets them their own)
+        owner = np.repeat(np.arange(n), fill)
+        fits = start + fill <= self._n_ops
+        at = np.where(fits[owner], start[owner] + np.arange(len(owner)) - first[owner], 0)
+        differ = self.ops[at, 0] != cols[0]
+        for j in (1, 2, 3):
+            differ |= self.ops[at, j] != cols[j]
+        bad = ~fits | (np.bincount(owner, differ, minlength=n) > 0)
+        for k in np.nonzero(bad)[0].tolist():
+            start[k] = self._append_path(cols, np.arange(first[k], first[k] + fill[k]))
+        return start
+
+    def _append_path(self, cols, at) -> int:
+        """The rows `at` of the columns (kind, a, b, c) after the paths, with no
+        slot hints yet (-1 for FDB rows): where they start."""
+        base = self._room("ops", self._n_ops, len(at))
+        rows = self.ops[base:base + len(at)]
+        for j in range(4):
+            rows[:, j] = cols[j][at]
+        rows[:, 4] = np.where((rows[:, 0] == OP_FDB_LEARN) | (rows[:, 0] == OP_FDB_FWD), -1, 0)
+        self._n_ops += len(at)
         return base
 
+    def _room(self, name: str, used: int, n: int) -> int:
+        """Room for n more rows in self.<name> (it doubles as they come): where they go."""
+        arr = getattr(self, name)
+        if used + n > len(arr):
+            grown = np.zeros((max(2 * len(arr), used + n, 1024), arr.shape[1]), arr.dtype)
+            grown[:used] = arr[:used]
+            setattr(self, name, grown)
+        return used
+
     def _append_ops(self, ops) -> int:
-        """`ops` after the programs' rows: where they start."""
-        base = self._room(len(ops))
+        """Path rows after the others: where they start."""
+        base = self._room("ops", self._n_ops, len(ops))
         self.ops[base:base + len(ops)] = ops
         self._n_ops += len(ops)
         return base
 
-    def _append_snaps(self, words) -> np.ndarray:
-        """Snapshots (conntrack records as _words rows) after the others: their numbers."""
-        base = self._n_snap
-        if base + len(words) > len(self.snap):
-            grown = ct._aligned_zeros(max(2 * len(self.snap), base + len(words), 1024), ct.CONN_DTYPE)
-            _words(grown)[:base] = _words(self.snap)[:base]
-            self.snap = grown
-        _words(self.snap)[base:base + len(words)] = words
-        self._n_snap += len(words)
-        return base + np.arange(len(words))
+    def _append_refs(self, refs) -> int:
+        """References after the others: where they start."""
+        base = self._room("refs", self._n_refs, len(refs))
+        self.refs[base:base + len(refs)] = refs
+        self._n_refs += len(refs)
+        return base
 
     def _templates(self, records, client):
         """The templates of the learners' capture records (their frames, ports
@@ -316,28 +372,37 @@ class FlowCache:
     def has(self, keys) -> np.ndarray:
         return self.prog_len[keys] > 0
 
+    def _n_path_refs(self, keys) -> np.ndarray:
+        """How many references the keys' paths take (their OP_CT and OP_CAP rows)."""
+        isref = (self.ops[:self._n_ops, 0] == OP_CT) | (self.ops[:self._n_ops, 0] == OP_CAP)
+        upto = np.r_[0, np.cumsum(isref)]
+        length = self.prog_len[keys]
+        start = np.where(length > 0, self.prog_start[keys], 0)
+        return upto[start + length] - upto[start]
+
     def forget(self, flows) -> None:
-        """Flows that ended: their programs go (the rows are reclaimed once
-        most of them are dead)."""
+        """Flows that ended: their programs go (their references are
+        reclaimed once most of them are dead)."""
         keys = np.concatenate([2 * np.asarray(flows, np.int64), 2 * np.asarray(flows, np.int64) + 1])
-        self._dead += int(self.prog_len[keys].sum())
+        self._dead += int(self._n_path_refs(keys).sum())
         self.prog_len[keys] = 0
-        if self._dead > COMPACT_AFTER and 2 * self._dead > self._n_ops:
+        if self._dead > COMPACT_AFTER and 2 * self._dead > self._n_refs:
             self._compact()
 
     def _compact(self) -> None:
-        """The live programs' rows (and their connections' snapshots) packed
-        at the start again."""
+        """The live programs' references, and the paths they take, packed at
+        the start again."""
         live = np.nonzero(self.prog_len > 0)[0]
-        lens = self.prog_len[live]
-        at = np.repeat(self.prog_start[live] - np.r_[0, np.cumsum(lens)[:-1]], lens) + np.arange(lens.sum())
-        ops = self.ops[at]
-        c = np.nonzero(ops[:, 0] == OP_CT)[0]
-        snaps = _words(self.snap)[ops[c, 4]]
-        ops[c, 4] = np.arange(len(c))
-        self._n_ops = self._n_snap = self._dead = 0
-        self.prog_start[live] = self._append_ops(ops) + np.r_[0, np.cumsum(lens)[:-1]]
-        self._append_snaps(snaps)
+        n_refs = self._n_path_refs(live)
+        refs = self.refs[_spans(self.ref_start[live], n_refs)]
+        old, one, inv = np.unique(self.prog_start[live], return_index=True, return_inverse=True)
+        lens = self.prog_len[live][one]
+        ops = self.ops[_spans(old, lens)]
+        moved = dict(zip(old.tolist(), (np.cumsum(lens) - lens).tolist()))
+        self._paths = {h: moved[at] for h, at in self._paths.items() if at in moved}
+        self._n_ops = self._n_refs = self._dead = 0
+        self.prog_start[live] = self._append_ops(ops) + (np.cumsum(lens) - lens)[inv.reshape(-1)]
+        self.ref_start[live] = self._append_refs(refs) + np.cumsum(n_refs) - n_refs
 
     # -- replay -----------------------------------------------------------------------------
     def run(self, traffic, f, s, t, end: int, horizon: int) -> rk.Result:
@@ -366,7 +431,8 @@ class FlowCache:
             else:
                 cap = rk.Capture(np.zeros((0, TPL), np.int64), np.zeros(0, np.uint8), *_NO_RECORDS)
             out = rk.replay(f, s, t, end, horizon, traffic.k, traffic.payload, self.prog_start, self.prog_len,
-                            self.ops, self.snap, cts, fdbs, peer, latency, up, ip_ids, flows, cap, counts)
+                            self.ops, self.ref_start, self.refs, cts, fdbs, peer, latency, up, ip_ids, flows, cap,
+                            counts)
             if taps is not None:
                 taps.count, taps._used = int(counts[rk.N_REC]), int(counts[rk.N_BYTES])
             sent = out.sent if sent is None else sent + out.sent
@@ -447,6 +513,25 @@ def _unique_rows(rows):
         _, one, inv = np.unique(rows, axis=0, return_index=True, return_inverse=True)
         inv = inv.reshape(-1)
     return one, inv
+
+
+def _spans(starts, lengths) -> np.ndarray:
+    """The indices starts[k] .. starts[k] + lengths[k] - 1, span after span."""
+    lengths = np.asarray(lengths, np.int64)
+    first = np.cumsum(lengths) - lengths
+    return np.repeat(np.asarray(starts, np.int64) - first, lengths) + np.arange(int(lengths.sum()))
+
+
+def _path_hashes(cols, fill, first) -> np.ndarray:
+    """A 64-bit hash of each learner's rows (columns kind, a, b, c; rows
+    learner after learner, `fill` each from `first`), their order in it."""
+    u = np.uint64
+    owner = np.repeat(np.arange(len(fill)), fill)
+    h = (np.arange(len(owner)) - first[owner]).astype(u) * _MIX
+    for col in cols:
+        h = (h ^ (h >> u(29)) ^ col.view(u)) * _MIX
+    h ^= h >> u(32)
+    return np.add.reduceat(h, first) ^ (fill.astype(u) * _MIX) if len(h) else np.zeros(0, u)
 
 
 def _number(numbers: dict, devices: list, device) -> int:

@@ -33,8 +33,6 @@ from tests.reference import flow as rflow
 from tests.reference import frametpl as rframe
 
 FIN, ACK, PSH = 0x01, 0x10, 0x08
-TUPLE_FIELDS = ("zone", "proto", "orig_src", "orig_dst", "orig_sport", "orig_dport",
-                "reply_src", "reply_dst", "reply_sport", "reply_dport")
 
 
 def script(f, s, k, payload, isn_c, isn_s, ipid_c, ipid_s):
@@ -73,10 +71,33 @@ def _bad(r, row):
     return ValueError(f"ops: row {r} ({row}) refers to nothing that exists")
 
 
-def _check(rows, r0, t, horizon, flags, ops, snap, cts, fdbs, peer, latency, up, ip_ids, tpl):
+def words_tuple(w0, w1, w2, w3) -> dict:
+    """An OP_CT reference's four tuple words as the record fields they hold
+    (little-endian bytes 0-31 of a record, without state and status)."""
+    m = 2**64
+    w0, w1, w2, w3 = w0 % m, w1 % m, w2 % m, w3 % m
+    return dict(zone=w0 & 0xFFFF, proto=(w0 >> 16) & 0xFF, orig_src=w1 & 0xFFFFFFFF, orig_dst=w1 >> 32,
+                orig_sport=w2 & 0xFFFF, orig_dport=(w2 >> 16) & 0xFFFF, reply_src=w2 >> 32,
+                reply_dst=w3 & 0xFFFFFFFF, reply_sport=(w3 >> 32) & 0xFFFF, reply_dport=w3 >> 48)
+
+
+def flow_refs(rows, refs, ref0):
+    """Each OP_CT / OP_CAP row's reference (the flow's next refs row; None
+    outside refs, and for the other rows)."""
+    out, j = [], ref0
+    for row in rows:
+        if row[0] in (OP_CT, OP_CAP):
+            out.append(tuple(int(x) for x in refs[j]) if 0 <= j < len(refs) else None)
+            j += 1
+        else:
+            out.append(None)
+    return out
+
+
+def _check(rows, frefs, r0, t, horizon, flags, ops, cts, fdbs, peer, latency, up, ip_ids, tpl):
     """The checks of one packet's program: (arrival, None) or (None, why)."""
     tt = t
-    for r, (kind, a, b, c, d) in zip(range(r0, r0 + len(rows)), rows):
+    for r, (kind, a, b, c, d), ref in zip(range(r0, r0 + len(rows)), rows, frefs):
         if kind == OP_LINK:
             if not 0 <= a < len(peer):
                 raise _bad(r, rows)
@@ -85,12 +106,12 @@ def _check(rows, r0, t, horizon, flags, ops, snap, cts, fdbs, peer, latency, up,
                 return None, "link"
             tt += int(latency[a])
         elif kind == OP_CT:
-            if not (0 <= a < len(cts) and 0 <= b < len(cts[a]) and 0 <= d < len(snap)) or c not in (0, 1):
+            if ref is None or not (0 <= a < len(cts) and 0 <= ref[0] < len(cts[a])) or c not in (0, 1):
                 raise _bad(r, rows)
-            rec = cts[a][b]
+            rec = cts[a][ref[0]]
             if not int(rec["status"]) & ct.IPS_CONFIRMED:
                 return None, "ct_unconfirmed"
-            if any(int(rec[k]) != int(snap[d][k]) for k in TUPLE_FIELDS):
+            if any(int(rec[k]) != v for k, v in words_tuple(*ref[1:]).items()):
                 return None, "ct_tuples"
             if int(rec["expires"]) <= max(tt, horizon):
                 return None, "ct_expired"
@@ -119,14 +140,14 @@ def _check(rows, r0, t, horizon, flags, ops, snap, cts, fdbs, peer, latency, up,
             if not 0 <= a < len(ip_ids):
                 raise _bad(r, rows)
         elif kind == OP_CAP:
-            if not 0 <= a or a + 2 >= len(tpl) or not (0 <= b < 2**32 and 0 <= c < 2**16):
+            if ref is None or not 0 <= a or a + 2 >= len(tpl) or not (0 <= ref[0] < 2**32 and 0 <= ref[1] < 2**16):
                 raise _bad(r, rows)
         elif kind != OP_DELIVER:
             raise _bad(r, rows)
     return tt, None
 
 
-def replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len, ops, snap, cts, fdbs, peer,
+def replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len, ops, ref_start, refs, cts, fdbs, peer,
            latency, up, ip_ids, flows, capture, counts, stops=None, frames=None, tpl_buf=None) -> Result:
     horizon = max(int(horizon), int(end))
     end = int(end)
@@ -157,7 +178,8 @@ def replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len
                 why = "no_program"
                 break
             rows = [tuple(int(x) for x in ops[r]) for r in range(r0, r0 + count)]
-            arrive, why = _check(rows, r0, t, horizon, flags, ops, snap, cts, fdbs, peer, latency, up, ip_ids, tpl)
+            frefs = flow_refs(rows, refs, int(ref_start[key]))
+            arrive, why = _check(rows, frefs, r0, t, horizon, flags, ops, cts, fdbs, peer, latency, up, ip_ids, tpl)
             if why is not None:
                 break
             if arrive >= horizon:   # it must arrive before the caller's next event
@@ -176,11 +198,11 @@ def replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len
             outer_id = 0
             # a capture point's templates: steady (data or ACK), pure ACK, FIN
             variant = 0 if 3 <= s < 3 + 2 * k_data else 2 if flags & FIN else 1
-            for kind, a, b, c, d in rows:
+            for (kind, a, b, c, d), ref in zip(rows, frefs):
                 if kind == OP_LINK:
                     tt += int(latency[a])
                 elif kind == OP_CT:
-                    rflow.ct_advance(cts[a], b, c, int(cts[a][b]["proto"]), flags, tt)
+                    rflow.ct_advance(cts[a], ref[0], c, int(cts[a][ref[0]]["proto"]), flags, tt)
                 elif kind == OP_FDB_LEARN:
                     e = fdbs[a].entries[fdb_slot(fdbs[a].entries, b)]
                     e["updated"] = max(int(e["updated"]), tt)
@@ -195,14 +217,14 @@ def replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len
                     tag = (f << 16) | s
                     k, pos = int(counts[N_REC]), int(counts[N_BYTES])
                     capture.buf[pos:pos + FIELD_BYTES] = bytearray(struct.pack("!HHIIQIH", ip_id, outer_id, seq, ack,
-                                                                                tag, b, c))
+                                                                                tag, ref[0], ref[1]))
                     capture.start[k], capture.length[k], capture.port[k] = pos, length, port
                     capture.time[k], capture.pkt_id[k], capture.note[k] = tt, pkt, note
                     capture.tpl_id[k] = v
                     counts[N_REC], counts[N_BYTES] = k + 1, pos + FIELD_BYTES
                     if frames is not None:
                         frames.append(rframe.frame(tpl_buf[start:start + length], inner, ip_id, outer_id, seq, ack,
-                                                   tag, b, c))
+                                                   tag, ref[0], ref[1]))
             d = 1 if server else 0
             sent[2 * i + d] += 1
             lat[2 * i + d] = arrive - t
