@@ -192,20 +192,22 @@ def test_flow_cache_changes_nothing_but_time_resolution(tmp_path, settings, clie
         assert late.min() >= 0 and late.max() < 20_000, node
 
 
-def test_flow_cache_learns_what_pays(tmp_path):
+def test_flow_cache_learns_both_directions_of_short_connections(tmp_path):
     """One segment a connection: the client's program carries 4 packets (the
-    handshake's ACK, the segment, FIN, last ACK) and is learned; the server's
-    would carry 2 (ACK, FIN-ACK) and is not (MIN_CARRIED). Same outcome."""
+    handshake's ACK, the segment, FIN, last ACK), the server's 2 (ACK,
+    FIN-ACK); both are learned, along the paths the other connections
+    learned before them. Same outcome with the cache and without."""
     out = {}
     for flow_cache in (False, True):
         c = cluster(tmp_path, capture=False)
         warm(c, "web:80", "tcp")
-        r = Traffic(c, ["default/client"], "web:80", protocol="tcp", flows=100, packets=1,
-                    flow_cache=flow_cache).run()
-        out[flow_cache] = r
-    assert out[True].cached == 100 * 4 and out[False].cached == 0
+        t = Traffic(c, ["default/client"], "web:80", protocol="tcp", flows=100, packets=1, flow_cache=flow_cache)
+        out[flow_cache] = (t.run(), t)
+    (r0, _), (r1, t1) = out[False], out[True]
+    assert r1.cached == 100 * (4 + 2) and r0.cached == 0
+    assert len(t1.fast.cache._paths) <= 2 * 2    # one per backend and direction
     for k in ("packets", "delivered", "completed", "broken", "backends", "drops", "conntrack"):
-        assert getattr(out[False], k) == getattr(out[True], k), k
+        assert getattr(r0, k) == getattr(r1, k), k
 
 
 def test_flow_cache_paths_too_long_stay_on_the_fast_path(tmp_path, monkeypatch):
