@@ -82,8 +82,7 @@ class Decider:
         if (packed == packed[0]).all() and (packed2 == packed2[0]).all():  # one key: no sort
             u, inv = np.array([[packed[0], packed2[0]]], np.uint64), np.zeros(n, np.int64)
         else:
-            u, inv = np.unique(np.stack([packed, packed2], axis=1), axis=0, return_inverse=True)
-            inv = inv.reshape(-1)
+            u, inv = _unique_pairs(packed, packed2)
         todo = np.ones(n, bool)
         for j, (a, c) in enumerate(u.tolist()):
             info = self._cache.get((a >> 32, c >> 16, a & 0xFFFFFFFF, c & 0xFFFF, hook))
@@ -200,6 +199,19 @@ class Decider:
             bip[i], bport[i] = ipv4.aton(d.backend[0]), d.backend[1]
         if want_explain is not None and want_explain[i]:
             explain[i] = d.explain
+
+
+def _unique_pairs(a, b):
+    """np.unique(np.stack([a, b], axis=1), axis=0, return_inverse=True) for
+    two uint64 columns, through a lexsort (unique along an axis sorts rows
+    as bytes: ten times slower for a batch of first packets)."""
+    order = np.lexsort((b, a))
+    sa, sb = a[order], b[order]
+    new = np.ones(len(a), bool)
+    new[1:] = (sa[1:] != sa[:-1]) | (sb[1:] != sb[:-1])
+    inv = np.empty(len(a), np.int64)
+    inv[order] = np.cumsum(new) - 1
+    return np.stack([sa[new], sb[new]], axis=1), inv
 
 
 class _Keys:

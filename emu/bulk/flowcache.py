@@ -60,6 +60,11 @@ FREE, LEARNING, DELIVERED, FAILED = 0, 1, 2, 3
 # kernels.replay has them (a, b, c; its d is made by compile), and for conntrack the
 # fingerprint of the entry's tuples
 ROW = ("kind", "a", "b", "c", "fp")
+# the columns each kind of row uses (a row's others are left as they were: compile
+# reads them as 0)
+_USES = {OP_FAIL: (), OP_DELIVER: (), rk.OP_LINK: ("a",), rk.OP_ENCAP: ("a",), OP_CAP: ("a",),
+         OP_CT: ("a", "b", "c", "fp"), OP_FDB_LEARN: ("a", "b", "c"), OP_FDB_FWD: ("a", "b", "c")}
+_USED = np.array([[name in _USES.get(k, ()) for name in ("a", "b", "c")] for k in range(8)], np.int64)
 
 
 class FlowCache:
@@ -147,28 +152,34 @@ class FlowCache:
         sel = slot >= 0
         if not sel.any():
             return
-        s = slot[sel]
+        every = bool(sel.all())
+        s = slot if every else slot[sel]
         live = self._state[s] == LEARNING
-        s, sel_idx = s[live], np.nonzero(sel)[0][live]
+        if not live.all():
+            every = False
+            s, sel_idx = s[live], np.nonzero(sel)[0][live]
+        elif not every:
+            sel_idx = np.nonzero(sel)[0]
         pos = self._fill[s]
         full = pos >= MAX_ROWS
         if full.any():                       # a path this long is not cached
+            if every:
+                sel_idx, every = np.arange(len(idx)), False
             self._state[s[full]] = FAILED
             self._ended = True
             batch.learn[idx[sel_idx[full]]] = -1
             s, sel_idx, pos = s[~full], sel_idx[~full], pos[~full]
-        self._rows["kind"][pos, s] = kind
-        for name, col in (("a", a), ("b", b), ("c", c), ("fp", fp)):
-            self._rows[name][pos, s] = col if np.isscalar(col) else np.asarray(col)[sel_idx]
+        cols = {"a": a, "b": b, "c": c, "fp": fp}
+        at = (pos[0], s) if len(pos) and (pos == pos[0]).all() else (pos, s)   # mostly one row for all
+        self._rows["kind"][at] = kind
+        for name in _USES[kind]:
+            col = cols[name]
+            self._rows[name][at] = col if np.isscalar(col) or every else np.asarray(col)[sel_idx]
         self._fill[s] = pos + 1
-        if kind == OP_DELIVER:
-            self._state[s] = DELIVERED
+        if kind == OP_DELIVER or kind == OP_FAIL:
+            self._state[s] = DELIVERED if kind == OP_DELIVER else FAILED
             self._ended = True
-            batch.learn[idx[sel_idx]] = -1
-        elif kind == OP_FAIL:
-            self._state[s] = FAILED
-            self._ended = True
-            batch.learn[idx[sel_idx]] = -1
+            batch.learn[idx if every else idx[sel_idx]] = -1
 
     # the numbers programs give tables: a namespace's conntrack, a bridge's FDB,
     # a namespace's IP id counter
@@ -218,11 +229,11 @@ class FlowCache:
         ok = np.ones(len(good), bool)
         isct = np.nonzero(kind == OP_CT)[0]
         table, conn, fps = (self._rows[name].ravel()[flat[isct]] for name in ("a", "b", "fp"))
-        recs = ct._aligned_zeros(len(isct), ct.CONN_DTYPE)   # the connections now: checked, then kept
+        words = np.empty((len(isct), 4), np.int64)     # the connections' tuples now: checked, then kept
         for k in np.unique(table).tolist():            # each connection still the one stepped
             m = np.nonzero(table == k)[0]
             now = conn_records(self._ct_objs[k].conntrack.table.conns, conn[m])
-            _words(recs)[m] = _words(now)
+            words[m] = rk.tuple_words(now)
             same = fingerprint(now) == fps[m]
             ok[owner[isct[m[~same]]]] = False
         keys = self._key[good]
@@ -230,15 +241,18 @@ class FlowCache:
             return
         keep = np.nonzero(ok[owner])[0]
         flat = flat[keep]
-        # the kept rows as columns kind, a, b, c (the slot hint column is made with the path)
+        # the kept rows as columns kind, a, b, c (the slot hint column is made with the path);
+        # the columns a kind of row does not use are 0 (log left them as they were)
         cols = [kind[keep]] + [self._rows[name].ravel()[flat] for name in ("a", "b", "c")]
+        for j in (1, 2, 3):
+            cols[j] *= _USED[cols[0], j - 1]
         fill, keys = fill[ok], keys[ok]
         # the references, in path order: a connection and its tuples, a capture point's ports
         isref = np.nonzero((cols[0] == OP_CT) | (cols[0] == OP_CAP))[0]
         refs = np.zeros((len(isref), REFS), np.int64)
         c = np.nonzero(cols[0][isref] == OP_CT)[0]
         refs[c, 0] = cols[2][isref[c]]
-        refs[c, 1:] = rk.tuple_words(recs)[np.searchsorted(isct, keep[isref[c]])]
+        refs[c, 1:] = words if len(keep) == len(kind) else words[np.searchsorted(isct, keep[isref[c]])]
         cap = np.nonzero(cols[0][isref] == OP_CAP)[0]
         if len(cap):
             client = np.repeat(keys, fill)[isref[cap]] % 2 == 0
