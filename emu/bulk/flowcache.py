@@ -82,9 +82,9 @@ class FlowCache:
         self.prog_start = np.zeros(2 * self.n, np.int64)
         self.prog_len = np.zeros(2 * self.n, np.int64)
         self.ref_start = np.zeros(2 * self.n, np.int64)
-        # paths' rows (the first _n_ops in use), shared by the flows that take them, and the
-        # flows' references (the first _n_refs): room for every flow's up front (zeroed
-        # lazily by the OS: the pages no flow reaches cost nothing), so they seldom grow
+        # paths' rows (the first _n_ops in use; few, shared by the flows that take them:
+        # grown as paths come) and the flows' references (the first _n_refs: room for
+        # every flow's up front, zeroed lazily by the OS, so they seldom grow)
         self.ops = np.zeros((1024, OPS), np.int64)
         self.refs = np.zeros((min(MAX_REFS, 2 * self.n * 5), REFS), np.int64)
         self._paths: dict[int, int] = {}          # a path's hash (_path_hashes) -> its first row
