@@ -152,34 +152,30 @@ class FlowCache:
         sel = slot >= 0
         if not sel.any():
             return
-        every = bool(sel.all())
-        s = slot if every else slot[sel]
-        live = self._state[s] == LEARNING
-        if not live.all():
-            every = False
-            s, sel_idx = s[live], np.nonzero(sel)[0][live]
-        elif not every:
-            sel_idx = np.nonzero(sel)[0]
+        sel_idx = None if sel.all() else np.nonzero(sel)[0]   # None: every packet (no gathers)
+        s = slot if sel_idx is None else slot[sel_idx]
         pos = self._fill[s]
-        full = pos >= MAX_ROWS
-        if full.any():                       # a path this long is not cached
-            if every:
-                sel_idx, every = np.arange(len(idx)), False
-            self._state[s[full]] = FAILED
-            self._ended = True
-            batch.learn[idx[sel_idx[full]]] = -1
-            s, sel_idx, pos = s[~full], sel_idx[~full], pos[~full]
+        live = self._state[s] == LEARNING
+        ok = live & (pos < MAX_ROWS)
+        if not ok.all():
+            sel_idx = np.arange(len(idx)) if sel_idx is None else sel_idx
+            full = live & ~ok                  # a path this long is not cached
+            if full.any():
+                self._state[s[full]] = FAILED
+                self._ended = True
+                batch.learn[idx[sel_idx[full]]] = -1
+            s, sel_idx, pos = s[ok], sel_idx[ok], pos[ok]
         cols = {"a": a, "b": b, "c": c, "fp": fp}
         at = (pos[0], s) if len(pos) and (pos == pos[0]).all() else (pos, s)   # mostly one row for all
         self._rows["kind"][at] = kind
         for name in _USES[kind]:
             col = cols[name]
-            self._rows[name][at] = col if np.isscalar(col) or every else np.asarray(col)[sel_idx]
+            self._rows[name][at] = col if np.isscalar(col) or sel_idx is None else np.asarray(col)[sel_idx]
         self._fill[s] = pos + 1
         if kind == OP_DELIVER or kind == OP_FAIL:
             self._state[s] = DELIVERED if kind == OP_DELIVER else FAILED
             self._ended = True
-            batch.learn[idx if every else idx[sel_idx]] = -1
+            batch.learn[idx if sel_idx is None else idx[sel_idx]] = -1
 
     # the numbers programs give tables: a namespace's conntrack, a bridge's FDB,
     # a namespace's IP id counter
@@ -257,8 +253,7 @@ class FlowCache:
         if len(cap):
             client = np.repeat(keys, fill)[isref[cap]] % 2 == 0
             cols[1][isref[cap]], refs[cap, 0], refs[cap, 1] = self._templates(cols[1][isref[cap]], client)
-            cols[3][isref[cap]] = 0
-        cols[2][isref] = 0
+        cols[2][isref[c]] = 0   # the connection is the flow's own: in its reference, not the path
         n_refs = np.bincount(np.repeat(np.arange(len(fill)), fill)[isref], minlength=len(fill))
         self.ref_start[keys] = self._append_refs(refs) + np.cumsum(n_refs) - n_refs
         self.prog_start[keys] = self._share(cols, fill)

@@ -49,6 +49,7 @@ their latency. Latency is one way, send to delivery, on the virtual clock.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import struct
 import time as wallclock
@@ -141,9 +142,7 @@ def _hugepages(on):
     return None if on is None else _set_madvise_hugepage(on)
 
 
-_KEEPING = []
-
-
+@functools.cache
 def _keep_freed_memory() -> None:
     """Ask glibc's malloc to keep memory the process frees for its next
     allocations (M_TRIM_THRESHOLD 256 MiB) and to serve arrays up to 32 MiB
@@ -153,10 +152,7 @@ def _keep_freed_memory() -> None:
     and a first touch costs 2-10 us per 4 KiB page on the 2-core VM (the new
     connections benchmark: 20-30 k page faults a run, 10 k with this). For
     the rest of the process: freed memory up to the threshold is not
-    returned to the OS. Nothing happens without glibc."""
-    if _KEEPING:
-        return
-    _KEEPING.append(True)
+    returned to the OS. Nothing happens without glibc. Once per process."""
     try:
         import ctypes
         libc = ctypes.CDLL("libc.so.6")
