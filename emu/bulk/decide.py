@@ -23,8 +23,8 @@ import numpy as np
 
 from emu.control.kubeproxy import DNAT, DROP, NONE, REJECT
 from emu.wire import ipv4
+from kernels.netns_fast import A_DNAT, A_DROP, A_NONE, A_REJECT  # one numbering, the fused kernels' too
 
-A_NONE, A_DNAT, A_REJECT, A_DROP = 0, 1, 2, 3
 _CODE = {NONE: A_NONE, DNAT: A_DNAT, REJECT: A_REJECT, DROP: A_DROP}
 
 
@@ -38,6 +38,27 @@ class Decider:
         if self._ref is not self.kp.service_ports:
             self._ref = self.kp.service_ports
             self._cache = {}
+
+    def static_none(self, src, proto, dst, dport, hook: str) -> bool:
+        """Whether the decision for every packet (arrays) is no action without
+        masquerade, known already or learned now where deciding touches no
+        state (`KubeProxy.no_service`): then deciding them has no effect."""
+        self._fresh()
+        if not len(src):
+            return True
+        a = (src.astype(np.uint64) << np.uint64(32)) | dst.astype(np.uint64)
+        c = (proto.astype(np.uint64) << np.uint64(16)) | dport.astype(np.uint64)
+        keys = [(int(a[0]), int(c[0]))] if (a == a[0]).all() and (c == c[0]).all() \
+            else _unique_pairs(a, c)[0].tolist()
+        for ka, kc in keys:
+            key = (ka >> 32, kc >> 16, ka & 0xFFFFFFFF, kc & 0xFFFF, hook)
+            info = self._cache.get(key)
+            if info is None and self.kp.no_service(ipv4.ntoa(key[2]), key[1], key[3], hook):
+                d = self.kp.decide(ipv4.ntoa(key[0]), key[1], ipv4.ntoa(key[2]), key[3], hook=hook)
+                info = self._cache[key] = self._classify(d, ipv4.ntoa(key[0]))
+            if info is None or info[0] != "static" or info[1].action != NONE or info[1].masquerade:
+                return False
+        return True
 
     def _classify(self, d, src: str):
         """("static", decision) | ("random", eps, base_masq, explain parts) | ("python",)."""

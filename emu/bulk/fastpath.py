@@ -41,9 +41,8 @@ from __future__ import annotations
 import numpy as np
 
 from emu.bulk.decide import A_DNAT, A_DROP, A_REJECT, Decider
-from emu.bulk.flowcache import OP_FAIL, conn_records, fingerprint
+from emu.bulk.flowcache import OP_FAIL, fingerprint
 from emu.control.kubeproxy import MASQ_MARK
-from emu.control.kubeproxy import NONE as KP_NONE
 from emu.control.proxier import Proxier
 from emu.dataplane.bridge import Bridge
 from emu.dataplane.conntrack import CTINFO_NAMES, NEW
@@ -228,7 +227,7 @@ class FastPath:
             if learn.any():
                 c = conn[learn]
                 self._log(idx[learn], OP_CT, self.cache.ct_table(ns), c, direction[learn],
-                          fp=fingerprint(conn_records(ns.conntrack.table.conns, c)))
+                          fp=fingerprint(ns.conntrack.table.conns, c))
 
     def _log_fdb(self, br, idx, src, ingress, dst, out) -> None:
         """br_fdb_update of the source, then the destination's entry (out -1: the bridge's own)."""
@@ -490,13 +489,17 @@ class FastPath:
                 self._say(i[k], text)
         rej = np.nonzero(act == A_REJECT)[0]
         if len(rej):
-            slots = self.to_pool(i[rej])
-            for s, t in zip(slots.tolist(), times[sel][rej].tolist()):
-                ns.reject(self.engine, s, t)
-            self.engine.pool.release(slots)
+            self._reject(ns, i[rej], times[sel][rej])
             verdict[sel[rej]] = Drop.SERVICE_NO_ENDPOINTS
         verdict[sel[act == A_DROP]] = Drop.SERVICE_NO_LOCAL
         return verdict
+
+    def _reject(self, ns, idx, times) -> None:
+        """kube-proxy's REJECT: the namespace answers each packet with its ICMP error."""
+        slots = self.to_pool(idx)
+        for s, t in zip(slots.tolist(), times.tolist()):
+            ns.reject(self.engine, s, t)
+        self.engine.pool.release(slots)
 
     def _say(self, i, text) -> None:
         said = self.batch.said
@@ -804,27 +807,14 @@ class FastPath:
 
     def _static_none(self, proxier, hook, src, proto, dst, dport) -> bool:
         """Whether kube-proxy's decision for every (src, proto, dst, dport) is
-        already known to be no action without masquerade (then deciding has
-        no effect at all: emu.bulk.decide)."""
-        if not len(src):
-            return True
-        d = self._decider(proxier)
-        d._fresh()
-        a = (src.astype(np.uint64) << np.uint64(32)) | dst.astype(np.uint64)
-        c = (proto.astype(np.uint64) << np.uint64(16)) | dport.astype(np.uint64)
-        if (a == a[0]).all() and (c == c[0]).all():
-            keys = [(int(a[0]), int(c[0]))]
-        else:
-            keys = np.unique(np.stack([a, c], axis=1), axis=0).tolist()
-        for ka, kc in keys:
-            info = d._cache.get((ka >> 32, kc >> 16, ka & 0xFFFFFFFF, kc & 0xFFFF, hook))
-            if info is None or info[0] != "static" or info[1].action != KP_NONE or info[1].masquerade:
-                return False
-        return True
+        no action without masquerade (then deciding has no effect at all:
+        emu.bulk.decide)."""
+        return self._decider(proxier).static_none(src, proto, dst, dport, hook)
 
     def _prerouting_fused(self, ns, idx, h, times):
         """PREROUTING (conntrack, kube-proxy, DNAT) for packets of live entries
-        that keep their state: the verdicts (all 0), or None (not fused)."""
+        and connections' first packets (kernels.netns_fast): the verdicts, or
+        None (not fused)."""
         b = self.batch
         if not self._fusable(ns, idx) or self._kinds(ns, "PREROUTING") != ["conntrack", "proxier", "dnat"]:
             return None
@@ -835,24 +825,39 @@ class FastPath:
         src, dst = np.ascontiguousarray(h.ip_src), np.ascontiguousarray(h.ip_dst)
         sport, dport = np.ascontiguousarray(h.sport), np.ascontiguousarray(h.dport)
         proto, flags = np.ascontiguousarray(h.ip_proto), np.ascontiguousarray(h.tcp_flags)
-        ok, conn, direction, maybe_new = netns_fast.prerouting_check(table, src, dst, sport, dport, proto, flags,
-                                                                     now)
+        ok, conn, direction, maybe_new, new, first = netns_fast.prerouting_check(table, src, dst, sport, dport,
+                                                                                 proto, flags, now)
         if not ok:
             return None
+        proxier = ns.hooks["PREROUTING"][1].__self__
         if maybe_new.any():
             m = np.nonzero(maybe_new)[0]
-            if not self._static_none(ns.hooks["PREROUTING"][1].__self__, "PREROUTING", src[m], proto[m], dst[m],
-                                     dport[m]):
+            if not self._static_none(proxier, "PREROUTING", src[m], proto[m], dst[m], dport[m]):
                 return None
+        act = np.zeros(len(idx), np.uint8)
+        bip, bport = np.zeros(len(idx), np.uint32), np.zeros(len(idx), np.uint16)
+        masq = np.zeros(len(idx), bool)
+        if new.any():   # kube-proxy decides for each new connection's first packet, in order (its random stream)
+            m = np.nonzero(new)[0]
+            d = m[first[m] == m]
+            act[d], bip[d], bport[d], masq[d], _ = self._decider(proxier).decide(
+                src[d], proto[d], dst[d], dport[d], sport[d], times[d], "PREROUTING")
+            f = first[m]
+            act[m], bip[m], bport[m], masq[m] = act[f], bip[f], bport[f], masq[f]
         dst, dport = dst.copy(), dport.copy()
-        info = netns_fast.prerouting_apply(table, conn, direction, proto, flags, now, b.buf, b.start[idx],
-                                           np.ascontiguousarray(h.l3_off), np.ascontiguousarray(h.l4_off),
-                                           src, dst, sport, dport)
+        info, verdict = netns_fast.prerouting_apply(
+            table, conn, direction, new, act, bip, bport, ns.hooks["PREROUTING"][2].__self__.dnat_rule is not None,
+            proto, flags, now, b.buf, b.start[idx], np.ascontiguousarray(h.l3_off), np.ascontiguousarray(h.l4_off),
+            src, dst, sport, dport)
         h.ip_dst[:], h.dport[:] = dst, dport
         b.ct[idx], b.ctinfo[idx] = conn, info
+        b.mark[idx[masq]] |= MASQ_MARK
         b.has_dnat[idx] = False
         self._log_ct(ns, idx, conn, direction)
-        return np.zeros(len(idx), np.uint8)
+        rej = np.nonzero(verdict == Drop.SERVICE_NO_ENDPOINTS)[0]
+        if len(rej):
+            self._reject(ns, idx[rej], times[rej])
+        return verdict
 
     def _forward_fused(self, ns, idx, times, routes, h) -> bool:
         """_output for forwarded packets (TTL still to decrement), VXLAN encap
@@ -899,7 +904,7 @@ class FastPath:
             if not self._static_none(ns.hooks["OUTPUT"][1].__self__, "OUTPUT", np.full(len(m), local_ip, np.uint32),
                                      np.full(len(m), 17, np.uint8), fw.remote[m], np.full(len(m), vport, np.uint16)):
                 return False
-        encap = fw.o_conn >= 0
+        encap = (fw.o_conn >= 0) | fw.o_miss
         ids = ns._next_ip_ids(int(encap.sum())) if encap.any() else np.zeros(0, np.uint16)
         start, length = b.start[idx], b.length[idx]
         netns_fast.forward_apply(table, fw, b.buf, start, length, np.ascontiguousarray(h.l3_off),

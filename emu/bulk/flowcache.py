@@ -562,15 +562,19 @@ def conn_records(conns, index) -> np.ndarray:
     return _words(conns)[index].reshape(-1).view(ct.CONN_DTYPE)
 
 
-def fingerprint(recs) -> np.ndarray:
+def fingerprint(recs, index=None) -> np.ndarray:
     """A 64-bit hash of conntrack records' zone, protocol and original tuple
-    (int64): a learner's connection, told from another that took its slot
-    (the reply tuple is not in it: a SYN's NAT binding changes it after the
-    conntrack hook logged the entry)."""
+    (int64), of recs[index] when given (only those fields are gathered): a
+    learner's connection, told from another that took its slot (the reply
+    tuple is not in it: a SYN's NAT binding changes it after the conntrack
+    hook logged the entry)."""
     u = np.uint64
-    h = recs["orig_src"].astype(u) << u(32) | recs["orig_dst"].astype(u)
-    for word in (recs["orig_sport"].astype(u) << u(16) | recs["orig_dport"].astype(u),
-                 recs["proto"].astype(u) << u(16) | recs["zone"].astype(u)):
+
+    def field(name):
+        col = recs[name]
+        return (col if index is None else col[index]).astype(u)
+    h = field("orig_src") << u(32) | field("orig_dst")
+    for word in (field("orig_sport") << u(16) | field("orig_dport"), field("proto") << u(16) | field("zone")):
         h = (h ^ (h >> u(29)) ^ word) * u(0xBF58476D1CE4E5B9)
     return (h ^ (h >> u(32))).view(np.int64)
 

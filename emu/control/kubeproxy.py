@@ -324,6 +324,18 @@ class KubeProxy:
             return True
         return False
 
+    def no_service(self, dst_ip, proto, dst_port: int, hook: str = "PREROUTING") -> bool:
+        """Whether `decide` for this destination is NONE before it looks at
+        any service (no service, virtual server or node port there), so
+        deciding touches no state (random stream, affinity): the bulk fast
+        path asks before deciding a batch's packets ahead of time."""
+        dst, p, dport = _ip(dst_ip), _proto(proto), int(dst_port)
+        if self.mode == "ipvs":
+            return (dst, p, dport) not in self.ipvs.vs
+        if (dst, p, dport) in self._vips:
+            return False
+        return not (self._dst_local(dst, hook) and (p, dport) in self._nodeports)
+
     # -- the decision --------------------------------------------------------
     def decide(self, src_ip, proto, dst_ip, dst_port: int, *, now_ns: int = 0,
                hook: str = "PREROUTING", from_local_pod: bool | None = None,
