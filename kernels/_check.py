@@ -17,6 +17,14 @@ def array(x, name: str, dtype, ndim: int = 1) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
+def updated(x, name: str, dtype, ndim: int = 1) -> np.ndarray:
+    """`array` for an array the kernel writes to: it must be the caller's
+    own (C-contiguous, so no copy is made behind its back)."""
+    if isinstance(x, np.ndarray) and not x.flags.c_contiguous:
+        raise ValueError(f"{name}: must be C-contiguous (updated in place)")
+    return array(x, name, dtype, ndim)
+
+
 def same_length(**arrays: np.ndarray) -> int:
     """The common length of 1-D arrays given by name, or a ValueError listing them."""
     lengths = {k: len(v) for k, v in arrays.items()}

@@ -181,6 +181,34 @@ def _first_of(hashes, rhashes, src, dst, sport, dport, proto, new, first):
 
 
 @jit
+def _insert_firsts(conns, counters, index, free_ids, stats, seed, at, src, dst, sport, dport, proto, state, timeout,
+                   now, conn, direction):
+    """The staged conntrack hook's part for first packets (their tuples,
+    state and timeout; `at`: their places in the group): its lookups reap
+    an expired entry at each tuple, then one insert of them all in order
+    (reply tuple: the inverse; a later packet of the same tuple meets the
+    earlier's entry). Writes conn and direction (ORIGINAL) at `at`; FAIL
+    if an insert was refused (the checks rule that out)."""
+    m = len(at)
+    z = np.zeros(m, np.uint16)
+    for k in range(m):
+        h = ct._hash(np.uint16(0), proto[k], src[k], dst[k], sport[k], dport[k], seed)
+        pos = ct._find(index, conns, h, np.uint16(0), proto[k], src[k], dst[k], sport[k], dport[k])
+        if pos >= 0:   # not live, or the check would not have called it a first packet
+            ct._expire_conn(conns, counters, index, free_ids, stats, seed, ct._slot_conn(index[pos]))
+    got, d = np.empty(m, np.int32), np.empty(m, np.int8)
+    created, refused = np.empty(m, np.bool_), np.empty(m, np.uint8)
+    ct._track(conns, counters, index, free_ids, stats, seed, ct._INSERT, z, src, dst, sport, dport, proto,
+              dst, src, dport, sport, state, timeout, now, got, d, created, refused)
+    for k in range(m):
+        if refused[k] != 0:
+            return FAIL
+        conn[at[k]] = got[k]
+        direction[at[k]] = ct.ORIGINAL
+    return OK
+
+
+@jit
 def _pre_check(conns, index, stats, seed, src, dst, sport, dport, proto, flags, now, conn, direction, maybe_new,
                new, first):
     zone = np.zeros(len(src), np.uint16)
@@ -224,38 +252,19 @@ def _pre_apply(conns, counters, index, free_ids, stats, seed, conn, direction, n
     for i in range(n):
         if not new[i]:
             _see(conns, conn[i], direction[i])
-        else:   # the lookup reaps an expired entry at the tuple, before any insert
-            h = ct._hash(np.uint16(0), proto[i], src[i], dst[i], sport[i], dport[i], seed)
-            pos = ct._find(index, conns, h, np.uint16(0), proto[i], src[i], dst[i], sport[i], dport[i])
-            if pos >= 0:
-                ct._expire_conn(conns, counters, index, free_ids, stats, seed, ct._slot_conn(index[pos]))
-    m = 0
-    for i in range(n):
-        if new[i]:
-            m += 1
+    at = np.nonzero(new)[0]
+    m = len(at)
     if m:
-        at = np.empty(m, np.int64)
-        z = np.zeros(m, np.uint16)
         a_src, a_dst = np.empty(m, np.uint32), np.empty(m, np.uint32)
         a_sport, a_dport = np.empty(m, np.uint16), np.empty(m, np.uint16)
         a_proto, a_state, a_timeout = np.empty(m, np.uint8), np.empty(m, np.uint8), np.empty(m, np.int64)
-        k = 0
-        for i in range(n):
-            if new[i]:
-                at[k] = i
-                a_src[k], a_dst[k], a_sport[k], a_dport[k], a_proto[k] = src[i], dst[i], sport[i], dport[i], proto[i]
-                _, s, t = _open_state(proto[i], flags[i])
-                a_state[k], a_timeout[k] = s, t
-                k += 1
-        o_conn, o_dir = np.empty(m, np.int32), np.empty(m, np.int8)
-        o_created, o_drop = np.empty(m, np.bool_), np.empty(m, np.uint8)
-        ct._track(conns, counters, index, free_ids, stats, seed, ct._INSERT, z, a_src, a_dst, a_sport, a_dport,
-                  a_proto, a_dst, a_src, a_dport, a_sport, a_state, a_timeout, now, o_conn, o_dir, o_created, o_drop)
         for k in range(m):
-            if o_drop[k] != 0:
-                return FAIL   # the check ruled this out
-            conn[at[k]] = o_conn[k]
-            direction[at[k]] = ct.ORIGINAL
+            i = at[k]
+            a_src[k], a_dst[k], a_sport[k], a_dport[k], a_proto[k] = src[i], dst[i], sport[i], dport[i], proto[i]
+            _, a_state[k], a_timeout[k] = _open_state(proto[i], flags[i])
+        if _insert_firsts(conns, counters, index, free_ids, stats, seed, at, a_src, a_dst, a_sport, a_dport,
+                          a_proto, a_state, a_timeout, now, conn, direction) != OK:
+            return FAIL   # the check ruled this out
     for i in range(n):
         info[i] = _advance_one(conns, conn[i], np.int64(direction[i]), proto[i], flags[i], now)
     # kube-proxy's decisions for the first packets (the caller's), then the DNAT hook's bindings, in order
@@ -362,8 +371,8 @@ def prerouting_apply(table: ct.Table, conn, direction, new, act, bip, bport, bin
     dport (NAT) are updated in place. Returns (ctinfo, verdict) per packet:
     verdict 0, SERVICE_NO_ENDPOINTS (REJECT: the caller sends the ICMP
     error), SERVICE_NO_LOCAL or CT_CLASH (the binding clashed)."""
-    conn = _updated(conn, "conn", np.int32)
-    direction = _updated(direction, "direction", np.int8)
+    conn = _check.updated(conn, "conn", np.int32)
+    direction = _check.updated(direction, "direction", np.int8)
     new = _check.array(new, "new", np.bool_)
     act = _check.array(act, "act", np.uint8)
     bip = _check.array(bip, "bip", np.uint32)
@@ -373,7 +382,7 @@ def prerouting_apply(table: ct.Table, conn, direction, new, act, bip, bport, bin
     buf = _check.array(buf, "buf", np.uint8)
     for name, x, dt in (("src", src, np.uint32), ("sport", sport, np.uint16)):
         _check.array(x, name, dt)
-    dst, dport = _updated(dst, "dst", np.uint32), _updated(dport, "dport", np.uint16)
+    dst, dport = _check.updated(dst, "dst", np.uint32), _check.updated(dport, "dport", np.uint16)
     n = _check.same_length(conn=conn, direction=direction, new=new, act=act, bip=bip, bport=bport, proto=proto,
                            tcp_flags=tcp_flags, src=src, dst=dst, sport=sport, dport=dport)
     if n:
@@ -390,13 +399,6 @@ def prerouting_apply(table: ct.Table, conn, direction, new, act, bip, bport, bin
                   l4_off, src, dst, sport, dport, info, verdict) != OK:
         raise ValueError("new: a first packet's tuple is taken (prerouting_check rules it out)")
     return info, verdict
-
-
-def _updated(x, name, dtype):
-    """_check.array for an array the kernel writes to: the caller's own."""
-    if isinstance(x, np.ndarray) and not x.flags.c_contiguous:
-        raise ValueError(f"{name}: must be C-contiguous (updated in place)")
-    return _check.array(x, name, dtype)
 
 
 # --- forward: POSTROUTING, neighbour, MACs, VXLAN encap + outer OUTPUT conntrack -----------
@@ -532,40 +534,18 @@ def _fwd_apply(conns, counters, index, free_ids, stats, seed, buf, start, length
             start[i] = q
             length[i] = length[i] + 50
     # the outer packets' OUTPUT conntrack: lookups (SEEN_REPLY), the first packets' entries in order, steps
-    m = 0
     for i in range(n):
-        if o_miss[i]:
-            m += 1
-            h = ct._hash(np.uint16(0), np.uint8(17), np.uint32(local_ip), remote[i], np.uint16(osport[i]),
-                         np.uint16(vport), seed)
-            pos = ct._find(index, conns, h, np.uint16(0), np.uint8(17), np.uint32(local_ip), remote[i],
-                           np.uint16(osport[i]), np.uint16(vport))
-            if pos >= 0:
-                ct._expire_conn(conns, counters, index, free_ids, stats, seed, ct._slot_conn(index[pos]))
-        elif o_conn[i] >= 0:
+        if not o_miss[i] and o_conn[i] >= 0:
             _see(conns, o_conn[i], np.int64(o_dir[i]))
+    at = np.nonzero(o_miss)[0]
+    m = len(at)
     if m:
-        at = np.empty(m, np.int64)
-        z = np.zeros(m, np.uint16)
-        a_src, a_dst = np.full(m, local_ip, np.uint32), np.empty(m, np.uint32)
-        a_sport, a_dport = np.empty(m, np.uint16), np.full(m, vport, np.uint16)
-        a_proto, a_state = np.full(m, 17, np.uint8), np.zeros(m, np.uint8)
-        a_timeout = np.full(m, flow._timeout(17, 0, False), np.int64)
-        k = 0
-        for i in range(n):
-            if o_miss[i]:
-                at[k], a_dst[k], a_sport[k] = i, remote[i], osport[i]
-                k += 1
-        c_out, d_out = np.empty(m, np.int32), np.empty(m, np.int8)
-        created, dropped = np.empty(m, np.bool_), np.empty(m, np.uint8)
-        ct._track(conns, counters, index, free_ids, stats, seed, ct._INSERT, z, a_src, a_dst, a_sport, a_dport,
-                  a_proto, a_dst, a_src, a_dport, a_sport, a_state, a_timeout, now_out, c_out, d_out, created,
-                  dropped)
-        for k in range(m):
-            if dropped[k] != 0:
-                return FAIL   # the check ruled this out
-            o_conn[at[k]] = c_out[k]
-            o_dir[at[k]] = ct.ORIGINAL
+        a_dst, a_sport = remote[at], osport[at].astype(np.uint16)
+        if _insert_firsts(conns, counters, index, free_ids, stats, seed, at, np.full(m, local_ip, np.uint32),
+                          a_dst, a_sport, np.full(m, vport, np.uint16), np.full(m, 17, np.uint8),
+                          np.zeros(m, np.uint8), np.full(m, flow._timeout(17, 0, False), np.int64), now_out,
+                          o_conn, o_dir) != OK:
+            return FAIL   # the check ruled this out
     for i in range(n):
         if o_conn[i] >= 0:
             _advance_one(conns, o_conn[i], np.int64(o_dir[i]), 17, 0, now_out)

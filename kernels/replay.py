@@ -347,14 +347,6 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
     return last
 
 
-def _updated(x, name: str, dtype, ndim: int = 1) -> np.ndarray:
-    """_check.array for an array the kernel writes to: it must be the caller's
-    own (C-contiguous, so no copy is made behind its back)."""
-    if isinstance(x, np.ndarray) and not x.flags.c_contiguous:
-        raise ValueError(f"{name}: must be C-contiguous (updated in place)")
-    return _check.array(x, name, dtype, ndim)
-
-
 class Result(NamedTuple):
     step: np.ndarray       # where each item's flow stopped: its next step and when it leaves
     time: np.ndarray
@@ -383,7 +375,7 @@ def replay(flow, step, time, end: int, horizon: int, k_data: int, payload: int, 
     refs = _check.array(refs, "refs", np.int64, ndim=2)
     if refs.shape[1] != REFS:
         raise ValueError(f"refs: expected {REFS} columns, got {refs.shape[1]}")
-    fl = Flows(*(_updated(a, name, dt) for a, name, dt in zip(
+    fl = Flows(*(_check.updated(a, name, dt) for a, name, dt in zip(
         flows, Flows._fields, (np.uint32, np.uint32, np.uint16, np.uint16, np.int64, np.int64))))
     n_flows = _check.same_length(**dict(zip(Flows._fields, fl)))
     if len(prog_start) != len(prog_len) or len(prog_start) != 2 * n_flows or len(ref_start) != len(prog_start):
@@ -396,16 +388,16 @@ def replay(flow, step, time, end: int, horizon: int, k_data: int, payload: int, 
     latency = _check.array(latency, "latency", np.int64)
     up = _check.array(up, "up", np.bool_)
     _check.same_length(peer=peer, latency=latency, up=up)
-    ip_ids = _updated(ip_ids, "ip_ids", np.int64)
+    ip_ids = _check.updated(ip_ids, "ip_ids", np.int64)
     _check.in_range(ip_ids, "ip_ids", 0, 0xFFFF)
-    cap = Capture(*(_updated(a, name, dt, ndim=2 if name == "tpl" else 1) for a, name, dt in zip(
+    cap = Capture(*(_check.updated(a, name, dt, ndim=2 if name == "tpl" else 1) for a, name, dt in zip(
         capture, Capture._fields, (np.int64, np.uint8, np.int64, np.int64, np.int32, np.int64, np.int64, np.int32,
                                    np.int32))))
     if cap.tpl.shape[1] != TPL:
         raise ValueError(f"tpl: expected {TPL} columns")
     _check.same_length(start=cap.start, length=cap.length, port=cap.port, time=cap.time, pkt_id=cap.pkt_id,
                        note=cap.note, tpl_id=cap.tpl_id)
-    counts = _updated(counts, "counts", np.int64)
+    counts = _check.updated(counts, "counts", np.int64)
     if len(counts) != 4 or not (0 <= counts[N_REC] <= len(cap.start) and 0 <= counts[N_BYTES] <= len(cap.buf)):
         raise ValueError("counts: [records, bytes, next packet id, full], within the capture arrays")
     if not 8 <= payload <= 1400:

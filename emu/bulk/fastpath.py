@@ -805,12 +805,6 @@ class FastPath:
     def _kinds(self, ns, hook) -> list:
         return [self._hook_kind(ns, fn) for fn in ns.hooks[hook]]
 
-    def _static_none(self, proxier, hook, src, proto, dst, dport) -> bool:
-        """Whether kube-proxy's decision for every (src, proto, dst, dport) is
-        no action without masquerade (then deciding has no effect at all:
-        emu.bulk.decide)."""
-        return self._decider(proxier).static_none(src, proto, dst, dport, hook)
-
     def _prerouting_fused(self, ns, idx, h, times):
         """PREROUTING (conntrack, kube-proxy, DNAT) for packets of live entries
         and connections' first packets (kernels.netns_fast): the verdicts, or
@@ -832,7 +826,7 @@ class FastPath:
         proxier = ns.hooks["PREROUTING"][1].__self__
         if maybe_new.any():
             m = np.nonzero(maybe_new)[0]
-            if not self._static_none(proxier, "PREROUTING", src[m], proto[m], dst[m], dport[m]):
+            if not self._decider(proxier).static_none(src[m], proto[m], dst[m], dport[m], "PREROUTING"):
                 return None
         act = np.zeros(len(idx), np.uint8)
         bip, bport = np.zeros(len(idx), np.uint32), np.zeros(len(idx), np.uint16)
@@ -901,8 +895,9 @@ class FastPath:
             return False
         if fw.o_new.any():
             m = np.nonzero(fw.o_new)[0]
-            if not self._static_none(ns.hooks["OUTPUT"][1].__self__, "OUTPUT", np.full(len(m), local_ip, np.uint32),
-                                     np.full(len(m), 17, np.uint8), fw.remote[m], np.full(len(m), vport, np.uint16)):
+            if not self._decider(ns.hooks["OUTPUT"][1].__self__).static_none(
+                    np.full(len(m), local_ip, np.uint32), np.full(len(m), 17, np.uint8), fw.remote[m],
+                    np.full(len(m), vport, np.uint16), "OUTPUT"):
                 return False
         encap = (fw.o_conn >= 0) | fw.o_miss
         ids = ns._next_ip_ids(int(encap.sum())) if encap.any() else np.zeros(0, np.uint16)
