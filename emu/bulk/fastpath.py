@@ -41,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 
 from emu.bulk.decide import A_DNAT, A_DROP, A_REJECT, Decider
-from emu.bulk.flowcache import OP_FAIL, fingerprint
+from emu.bulk.flowcache import OP_FAIL
 from emu.control.kubeproxy import MASQ_MARK
 from emu.control.proxier import Proxier
 from emu.dataplane.bridge import Bridge
@@ -52,7 +52,7 @@ from emu.dataplane.netns import Netns
 from emu.wire import ipv4
 from kernels import conntrack as ct
 from kernels import fdb as fdbk
-from kernels import flow, hashing, lpm, maglev, netns_fast, parse, rewrite
+from kernels import flow, hashing, lpm, maglev, netns_fast, parse, program, rewrite
 from kernels.replay import OP_CAP, OP_CT, OP_DELIVER, OP_ENCAP, OP_FDB_FWD, OP_FDB_LEARN, OP_LINK
 from kernels.drop import Drop
 
@@ -227,7 +227,7 @@ class FastPath:
             if learn.any():
                 c = conn[learn]
                 self._log(idx[learn], OP_CT, self.cache.ct_table(ns), c, direction[learn],
-                          fp=fingerprint(ns.conntrack.table.conns, c))
+                          fp=program.fingerprints(ns.conntrack.table.conns, c))
 
     def _log_fdb(self, br, idx, src, ingress, dst, out) -> None:
         """br_fdb_update of the source, then the destination's entry (out -1: the bridge's own)."""

@@ -39,8 +39,7 @@ from __future__ import annotations
 import numpy as np
 
 from emu.bulk import variants
-from kernels import conntrack as ct
-from kernels import parse
+from kernels import parse, program
 from kernels import replay as rk
 from kernels.frametpl import FIELD_BYTES, TPL
 from kernels.replay import OP_CAP, OP_CT, OP_DELIVER, OP_FDB_FWD, OP_FDB_LEARN, OPS, REFS
@@ -53,7 +52,6 @@ MAX_REFS = 8 << 20          # flows' references (40 bytes each) the cache holds 
 MAX_LEARNERS = 1 << 16      # learners in flight at most (MAX_ROWS x 40 bytes each: 120 MiB)
 COMPACT_AFTER = 1 << 18     # dead references before reclaiming them is worth a copy
 COMPILE_CHUNK = 2048        # learners compiled at a time
-_MIX = np.uint64(0xBF58476D1CE4E5B9)
 
 FREE, LEARNING, DELIVERED, FAILED = 0, 1, 2, 3
 # a logged row (one array each, [row, slot]): an operation's kind and arguments as
@@ -87,7 +85,7 @@ class FlowCache:
         # every flow's up front, zeroed lazily by the OS, so they seldom grow)
         self.ops = np.zeros((1024, OPS), np.int64)
         self.refs = np.zeros((min(MAX_REFS, 2 * self.n * 5), REFS), np.int64)
-        self._paths: dict[int, int] = {}          # a path's hash (_path_hashes) -> its first row
+        self._paths: dict[int, int] = {}          # a path's hash (kernels.program) -> its first row
         # learner slots: rows (kind, a, b, c, fingerprint), how many, the key, the state
         self._rows = {name: np.zeros((MAX_ROWS, 0), np.int64) for name in ROW}
         self._fill = np.zeros(0, np.int64)
@@ -216,47 +214,20 @@ class FlowCache:
             self._compile(good[lo:lo + COMPILE_CHUNK])
 
     def _compile(self, good) -> None:
-        fill = self._fill[good]
-        owner = np.repeat(np.arange(len(good)), fill)
-        pos = np.arange(len(owner)) - np.repeat(np.cumsum(fill) - fill, fill)
-        # the learners' rows, learner after learner, as flat indices into the [row, slot] arrays
-        flat = pos * len(self._key) + good[owner]
-        kind = self._rows["kind"].ravel()[flat]
-        ok = np.ones(len(good), bool)
-        isct = np.nonzero(kind == OP_CT)[0]
-        table, conn, fps = (self._rows[name].ravel()[flat[isct]] for name in ("a", "b", "fp"))
-        words = np.empty((len(isct), 4), np.int64)     # the connections' tuples now: checked, then kept
-        for k in np.unique(table).tolist():            # each connection still the one stepped
-            m = np.nonzero(table == k)[0]
-            now = conn_records(self._ct_objs[k].conntrack.table.conns, conn[m])
-            words[m] = rk.tuple_words(now)
-            same = fingerprint(now) == fps[m]
-            ok[owner[isct[m[~same]]]] = False
-        keys = self._key[good]
-        if not ok.any():
+        """Programs of the learners `good` (slots) whose connections are still theirs (kernels.program)."""
+        cts = tuple(ns.conntrack.table.conns for ns in self._ct_objs)
+        keep, n_ref, kind, a, b, c, refs = program.gather(*(self._rows[name] for name in ROW), good,
+                                                          self._fill[good], _USED, cts)
+        if not len(keep):
             return
-        keep = np.nonzero(ok[owner])[0]
-        flat = flat[keep]
-        # the kept rows as columns kind, a, b, c (the slot hint column is made with the path);
-        # the columns a kind of row does not use are 0 (log left them as they were)
-        cols = [kind[keep]] + [self._rows[name].ravel()[flat] for name in ("a", "b", "c")]
-        for j in (1, 2, 3):
-            cols[j] *= _USED[cols[0], j - 1]
-        fill, keys = fill[ok], keys[ok]
-        # the references, in path order: a connection and its tuples, a capture point's ports
-        isref = np.nonzero((cols[0] == OP_CT) | (cols[0] == OP_CAP))[0]
-        refs = np.zeros((len(isref), REFS), np.int64)
-        c = np.nonzero(cols[0][isref] == OP_CT)[0]
-        refs[c, 0] = cols[2][isref[c]]
-        refs[c, 1:] = words if len(keep) == len(kind) else words[np.searchsorted(isct, keep[isref[c]])]
-        cap = np.nonzero(cols[0][isref] == OP_CAP)[0]
-        if len(cap):
-            client = np.repeat(keys, fill)[isref[cap]] % 2 == 0
-            cols[1][isref[cap]], refs[cap, 0], refs[cap, 1] = self._templates(cols[1][isref[cap]], client)
-        cols[2][isref[c]] = 0   # the connection is the flow's own: in its reference, not the path
-        n_refs = np.bincount(np.repeat(np.arange(len(fill)), fill)[isref], minlength=len(fill))
-        self.ref_start[keys] = self._append_refs(refs) + np.cumsum(n_refs) - n_refs
-        self.prog_start[keys] = self._share(cols, fill)
+        fill, keys = self._fill[good[keep]], self._key[good[keep]]
+        cap = np.nonzero(kind == OP_CAP)[0]
+        if len(cap):   # a capture point's references: the template's ports (and its number in the row)
+            at = np.searchsorted(np.nonzero((kind == OP_CT) | (kind == OP_CAP))[0], cap)
+            client = np.repeat(keys, fill)[cap] % 2 == 0
+            a[cap], refs[at, 0], refs[at, 1] = self._templates(a[cap], client)
+        self.ref_start[keys] = self._append_refs(refs) + np.cumsum(n_ref) - n_ref
+        self.prog_start[keys] = self._share((kind, a, b, c), fill)
         self.prog_len[keys] = fill
 
     def _share(self, cols, fill) -> np.ndarray:
@@ -265,9 +236,8 @@ class FlowCache:
         another learner or flow had, or added. Paths are told apart by a
         64-bit hash of their rows (the slot hints are the kernel's), then
         compared: a learner whose rows differ from its hash's path gets its own."""
-        n = len(fill)
         first = np.cumsum(fill) - fill
-        uniq, one, inv = np.unique(_path_hashes(cols, fill, first), return_index=True, return_inverse=True)
+        uniq, one, inv = np.unique(program.path_hashes(*cols, fill), return_index=True, return_inverse=True)
         inv = inv.reshape(-1)
         starts = np.array([self._paths.get(x, -1) for x in uniq.tolist()], np.int64)
         new = np.nonzero(starts < 0)[0]
@@ -277,14 +247,7 @@ class FlowCache:
             self._paths.update(zip(uniq[new].tolist(), starts[new].tolist()))
         start = starts[inv]
         # each learner's rows are its path's (a hash shared by different rows gets them their own)
-        owner = np.repeat(np.arange(n), fill)
-        fits = start + fill <= self._n_ops
-        at = np.where(fits[owner], start[owner] + np.arange(len(owner)) - first[owner], 0)
-        differ = self.ops[at, 0] != cols[0]
-        for j in (1, 2, 3):
-            differ |= self.ops[at, j] != cols[j]
-        bad = ~fits | (np.bincount(owner, differ, minlength=n) > 0)
-        for k in np.nonzero(bad)[0].tolist():
+        for k in np.nonzero(program.differ(self.ops, self._n_ops, start, *cols, fill))[0].tolist():
             start[k] = self._append_path(cols, np.arange(first[k], first[k] + fill[k]))
         return start
 
@@ -531,18 +494,6 @@ def _spans(starts, lengths) -> np.ndarray:
     return np.repeat(np.asarray(starts, np.int64) - first, lengths) + np.arange(int(lengths.sum()))
 
 
-def _path_hashes(cols, fill, first) -> np.ndarray:
-    """A 64-bit hash of each learner's rows (columns kind, a, b, c; rows
-    learner after learner, `fill` each from `first`), their order in it."""
-    u = np.uint64
-    owner = np.repeat(np.arange(len(fill)), fill)
-    h = (np.arange(len(owner)) - first[owner]).astype(u) * _MIX
-    for col in cols:
-        h = (h ^ (h >> u(29)) ^ col.view(u)) * _MIX
-    h ^= h >> u(32)
-    return np.add.reduceat(h, first) ^ (fill.astype(u) * _MIX) if len(h) else np.zeros(0, u)
-
-
 def _number(numbers: dict, devices: list, device) -> int:
     k = numbers.get(device.id)
     if k is None:
@@ -551,32 +502,4 @@ def _number(numbers: dict, devices: list, device) -> int:
     return k
 
 
-def _words(conns) -> np.ndarray:
-    """Conntrack records as rows of uint64 words: gathers and copies of them
-    go at memory speed (a structured dtype copies field by field)."""
-    return conns.view(np.uint64).reshape(len(conns), conns.dtype.itemsize // 8)
-
-
-def conn_records(conns, index) -> np.ndarray:
-    """conns[index] (conntrack records), gathered as words."""
-    return _words(conns)[index].reshape(-1).view(ct.CONN_DTYPE)
-
-
-def fingerprint(recs, index=None) -> np.ndarray:
-    """A 64-bit hash of conntrack records' zone, protocol and original tuple
-    (int64), of recs[index] when given (only those fields are gathered): a
-    learner's connection, told from another that took its slot (the reply
-    tuple is not in it: a SYN's NAT binding changes it after the conntrack
-    hook logged the entry)."""
-    u = np.uint64
-
-    def field(name):
-        col = recs[name]
-        return (col if index is None else col[index]).astype(u)
-    h = field("orig_src") << u(32) | field("orig_dst")
-    for word in (field("orig_sport") << u(16) | field("orig_dport"), field("proto") << u(16) | field("zone")):
-        h = (h ^ (h >> u(29)) ^ word) * u(0xBF58476D1CE4E5B9)
-    return (h ^ (h >> u(32))).view(np.int64)
-
-
-__all__ = ["FlowCache", "OP_FAIL", "conn_records", "fingerprint"]
+__all__ = ["FlowCache", "OP_FAIL"]
