@@ -8,6 +8,7 @@ b, c: shared by every flow whose rows are the same) and references (per
 OP_CT row: the connection and its tuples as four words, `tuple_words`; per
 OP_CAP row: filled in by the caller, which holds the capture templates).
 
+- `log`: a row for each learner among a group of packets at a hop.
 - `fingerprints`: what a learner logs of a connection it stepped: a hash
   of the record's zone, protocol and original tuple.
 - `gather`: the learners whose every OP_CT row's connection is still the
@@ -26,9 +27,11 @@ import numpy as np
 from kernels import _check
 from kernels import conntrack as ct
 from kernels._jit import jit
-from kernels.replay import OP_CAP, OP_CT, OPS, REFS
+from kernels.replay import OP_CAP, OP_CT, OP_DELIVER, OPS, REFS
 
 MIX = np.uint64(0xBF58476D1CE4E5B9)
+FREE, LEARNING, DELIVERED, FAILED = 0, 1, 2, 3   # a learner slot's state
+OP_FAIL = 0                                        # learning only: a learner left the common case
 
 
 @jit
@@ -40,6 +43,72 @@ def _fingerprint(rec):
     w = (np.uint64(rec.proto) << np.uint64(16)) | np.uint64(rec.zone)
     h = (h ^ (h >> np.uint64(29)) ^ w) * MIX
     return np.int64(h ^ (h >> np.uint64(32)))
+
+
+@jit
+def _log(learn, idx, kinds, col_a, col_b, col_c, col_fp, fill, state, kind, a, b, c, fp, used):
+    ended = False
+    ends = kind == OP_DELIVER or kind == OP_FAIL
+    u = 0 <= kind < used.shape[0]
+    for i in range(len(idx)):
+        s = learn[idx[i]]
+        if s < 0 or state[s] != LEARNING:
+            continue
+        r = fill[s]
+        if r >= kinds.shape[0]:       # a path this long is not cached
+            state[s] = FAILED
+            learn[idx[i]] = -1
+            ended = True
+            continue
+        kinds[r, s] = kind
+        if u and used[kind, 0]:
+            col_a[r, s] = a[i if len(a) > 1 else 0]
+        if u and used[kind, 1]:
+            col_b[r, s] = b[i if len(b) > 1 else 0]
+        if u and used[kind, 2]:
+            col_c[r, s] = c[i if len(c) > 1 else 0]
+        if u and used[kind, 3]:
+            col_fp[r, s] = fp[i if len(fp) > 1 else 0]
+        fill[s] = r + 1
+        if ends:
+            state[s] = DELIVERED if kind == OP_DELIVER else FAILED
+            learn[idx[i]] = -1
+            ended = True
+    return ended
+
+
+def log(learn, idx, kinds, col_a, col_b, col_c, col_fp, fill, state, kind: int, a, b, c, fp, used) -> bool:
+    """A row (kind, a, b, c, fp: arrays of one value each or one per packet)
+    at the next place of each learner among packets idx (learn[idx]: its
+    slot, or -1; only a slot in state LEARNING logs); the columns a row of
+    that kind does not use (used[kind]: a, b, c, fp) are left as they were. A learner whose rows are full fails; a delivery or failure
+    row ends it (DELIVERED, FAILED). Either way its packet stops learning
+    (learn -1). Returns whether a learner ended."""
+    learn = _check.updated(learn, "learn", np.int32)
+    idx = _check.array(idx, "idx", np.int64)
+    _check.in_range(idx, "idx", 0, len(learn) - 1)
+    kinds = _check.updated(kinds, "kinds", np.int64, ndim=2)
+    cols = [_check.updated(x, name, np.int64, ndim=2) for x, name in
+            ((col_a, "col_a"), (col_b, "col_b"), (col_c, "col_c"), (col_fp, "col_fp"))]
+    for x, name in zip(cols, ("col_a", "col_b", "col_c", "col_fp")):
+        if x.shape != kinds.shape:
+            raise ValueError(f"{name}: expected the shape of kinds {kinds.shape}, got {x.shape}")
+    fill = _check.updated(fill, "fill", np.int64)
+    state = _check.updated(state, "state", np.int8)
+    _check.same_length(fill=fill, state=state)
+    if kinds.shape[1] != len(fill):
+        raise ValueError("kinds: one column per learner slot")
+    slots = learn[idx]
+    if len(slots) and slots.max() >= len(fill):
+        raise ValueError("learn: a slot past the learners")
+    values = [_check.array(x, name, np.int64) for x, name in ((a, "a"), (b, "b"), (c, "c"), (fp, "fp"))]
+    for x, name in zip(values, ("a", "b", "c", "fp")):
+        if len(x) not in (1, len(idx)):
+            raise ValueError(f"{name}: one value, or one per packet")
+    used = _check.array(used, "used", np.int64, ndim=2)
+    if used.shape[1] != 4:
+        raise ValueError("used: expected 4 columns (a, b, c, fp)")
+    return bool(_log(learn, idx, kinds, *cols, fill, state, np.int64(kind), *values, used))
 
 
 @jit
@@ -136,7 +205,7 @@ def gather(kinds, col_a, col_b, col_c, col_fp, slots, fill, used, cts: tuple):
     each, kind, a, b, c: their rows one after the other, refs: [OP_CT and
     OP_CAP rows, REFS] in row order).
     The log is [row, slot] int64 arrays; used[kind, j]: whether a row of
-    that kind uses column a, b, c (j = 0, 1, 2); cts: the conntrack tables'
+    that kind uses column a, b, c, fp (j = 0..3); cts: the conntrack tables'
     `conns` by table number (a of an OP_CT row). A learner whose OP_CT row
     names a table or connection that does not exist is left out."""
     kinds = _check.array(kinds, "kinds", np.int64, ndim=2)
@@ -151,8 +220,8 @@ def gather(kinds, col_a, col_b, col_c, col_fp, slots, fill, used, cts: tuple):
     _check.in_range(slots, "slots", 0, kinds.shape[1] - 1)
     _check.in_range(fill, "fill", 0, kinds.shape[0])
     used = _check.array(used, "used", np.int64, ndim=2)
-    if used.shape[1] != 3:
-        raise ValueError("used: expected 3 columns (a, b, c)")
+    if used.shape[1] != 4:
+        raise ValueError("used: expected 4 columns (a, b, c, fp)")
     for k, conns in enumerate(cts):
         if not isinstance(conns, np.ndarray) or conns.dtype != ct.CONN_DTYPE or conns.ndim != 1:
             raise ValueError(f"cts[{k}]: expected a conntrack table's conns (CONN_DTYPE records)")

@@ -16,7 +16,8 @@ from kernels import replay as rk
 from tests.reference import program as ref
 from tests.util import run_with_boundscheck
 
-USED = np.array([[k in (1, 2, 3, 4, 5, 6), k in (2, 3, 4), k in (2, 3, 4)] for k in range(8)], np.int64)
+# the columns (a, b, c, fp) a row of each kind uses, as emu.bulk.flowcache has them
+USED = np.array([[k in (1, 2, 3, 4, 5, 6), k in (2, 3, 4), k in (2, 3, 4), k == 2] for k in range(8)], np.int64)
 
 
 def _tables(rng, n_tables):
@@ -84,6 +85,52 @@ def test_gather_equals_reference(seed, n_tables, max_rows, n_slots):
     assert got.tolist() == want
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 6), st.integers(1, 12), st.integers(0, 30), st.integers(-1, 8))
+def test_log_equals_reference(seed, max_rows, n_slots, n, kind):
+    """Packets with and without a learner, learners in every state and at
+    every depth (full ones fail), values given once or per packet; a kind
+    outside the table's writes no column."""
+    rng = np.random.default_rng(seed)
+    shape = (max_rows, n_slots)
+    cols = {name: rng.integers(-5, 5, shape).astype(np.int64) for name in ("kind", "a", "b", "c", "fp")}
+    fill = rng.integers(0, max_rows + 1, n_slots).astype(np.int64)
+    state = rng.choice(np.array([0, 1, 1, 1, 2, 3], np.int8), n_slots)
+    learn = np.full(n + 3, -1, np.int32)
+    slots = rng.permutation(n_slots)
+    for p in range(n + 3):   # a learner's packet: each slot at most once
+        if p < len(slots) and rng.random() < 0.8:
+            learn[p] = slots[p]
+    idx = rng.permutation(n + 3)[:n].astype(np.int64)
+    values = {name: rng.integers(-2**40, 2**40, 1 if rng.random() < 0.4 else n).astype(np.int64)
+              for name in ("a", "b", "c", "fp")}
+    if n == 0:
+        values = {name: np.zeros(1, np.int64) for name in values}
+    want = [learn.tolist(), {k: v.tolist() for k, v in cols.items()}, fill.tolist(), state.tolist()]
+    ended = ref.log(want[0], idx.tolist(), want[1], want[2], want[3], kind,
+                    {k: v.tolist() for k, v in values.items()}, USED.tolist())
+    got = program.log(learn, idx, cols["kind"], cols["a"], cols["b"], cols["c"], cols["fp"], fill, state, kind,
+                      values["a"], values["b"], values["c"], values["fp"], USED)
+    assert got == ended
+    assert learn.tolist() == want[0] and fill.tolist() == want[2] and state.tolist() == want[3]
+    assert {k: v.tolist() for k, v in cols.items()} == want[1]
+
+
+def test_log_writes_rows_and_ends_learners():
+    """Not vacuous: rows are written where the learner is, a delivery ends it."""
+    learn = np.array([0, -1, 1], np.int32)
+    cols = [np.zeros((3, 2), np.int64) for _ in range(5)]
+    fill, state = np.array([0, 1], np.int64), np.array([1, 1], np.int8)
+    one = np.array([9], np.int64)
+    assert not program.log(learn, np.arange(3, dtype=np.int64), *cols, fill, state, 2, one, np.array([5, 6, 7]),
+                           one, np.array([1, 2, 3]), USED)
+    assert cols[0][:, 0].tolist() == [2, 0, 0] and cols[0][:, 1].tolist() == [0, 2, 0]
+    assert cols[2][0, 0] == 5 and cols[2][1, 1] == 7 and cols[4][1, 1] == 3 and fill.tolist() == [1, 2]
+    assert program.log(learn, np.array([2], np.int64), *cols, fill, state, 7, one, one, one, one, USED)
+    assert state.tolist() == [1, 2] and learn.tolist() == [0, -1, -1]
+    assert not program.log(learn, np.array([2], np.int64), *cols, fill, state, 1, one, one, one, one, USED)
+
+
 def test_tuple_words_are_replays():
     """A reference's words are what kernels.replay checks connections against."""
     rng = np.random.default_rng(3)
@@ -139,6 +186,19 @@ def test_wrappers_validate():
         program.fingerprints(conns, np.array([4], np.int64))
     with pytest.raises(ValueError, match="conns"):
         program.fingerprints(np.zeros(4), np.array([0], np.int64))
+    learn, fill, state = np.zeros(2, np.int32), np.zeros(3, np.int64), np.ones(3, np.int8)
+    with pytest.raises(ValueError, match="learn"):
+        program.log(np.zeros(4, np.int32)[::2], np.zeros(1, np.int64), z, z, z, z, z, fill, state, 1, one[:1],
+                    one[:1], one[:1], one[:1], USED)
+    with pytest.raises(ValueError, match="a: one value"):
+        program.log(learn, np.zeros(1, np.int64), z, z, z, z, z, fill, state, 1, one, one[:1], one[:1], one[:1],
+                    USED)
+    with pytest.raises(ValueError, match="learn: a slot"):
+        program.log(learn + 3, np.zeros(1, np.int64), z, z, z, z, z, fill, state, 1, one[:1], one[:1], one[:1],
+                    one[:1], USED)
+    with pytest.raises(ValueError, match="used"):
+        program.log(learn, np.zeros(1, np.int64), z, z, z, z, z, fill, state, 1, one[:1], one[:1], one[:1],
+                    one[:1], USED[:, :3])
 
 
 def test_kernels_in_bounds_under_boundscheck():
@@ -157,6 +217,11 @@ def test_kernels_in_bounds_under_boundscheck():
             program.path_hashes(kind, a, b, c, fill[keep])
             ops = np.zeros((len(kind) + 2, 5), np.int64)
             program.differ(ops, len(ops), rng.integers(-1, len(ops), len(keep)), kind, a, b, c, fill[keep])
+            learn = rng.integers(-1, 20, 30).astype(np.int32)
+            state = rng.integers(0, 4, 20).astype(np.int8)
+            f = rng.integers(0, 9, 20).astype(np.int64)
+            program.log(learn, rng.permutation(30)[:25].astype(np.int64), *log, f, state, int(rng.integers(-1, 9)),
+                        *(rng.integers(0, 9, 25).astype(np.int64) for _ in range(4)), USED)
             done += len(keep)
         print("ok", done)
     """)

@@ -44,7 +44,7 @@ from kernels import replay as rk
 from kernels.frametpl import FIELD_BYTES, TPL
 from kernels.replay import OP_CAP, OP_CT, OP_DELIVER, OP_FDB_FWD, OP_FDB_LEARN, OPS, REFS
 
-OP_FAIL = 0                 # learning only: a learner left the common case
+OP_FAIL = program.OP_FAIL   # learning only: a learner left the common case
 MAX_ROWS = 48               # a learner's rows at most (a two-node path with capture takes ~30)
 CAPTURE_RECORDS = 1 << 16   # room made in the taps before each replay call (more when it fills)
 MAX_OPS = 1 << 20           # path rows (40 bytes each) the cache holds at most: 40 MiB
@@ -53,7 +53,7 @@ MAX_LEARNERS = 1 << 16      # learners in flight at most (MAX_ROWS x 40 bytes ea
 COMPACT_AFTER = 1 << 18     # dead references before reclaiming them is worth a copy
 COMPILE_CHUNK = 2048        # learners compiled at a time
 
-FREE, LEARNING, DELIVERED, FAILED = 0, 1, 2, 3
+FREE, LEARNING, DELIVERED, FAILED = program.FREE, program.LEARNING, program.DELIVERED, program.FAILED
 # a logged row (one array each, [row, slot]): an operation's kind and arguments as
 # kernels.replay has them (a, b, c; its d is made by compile), and for conntrack the
 # fingerprint of the entry's tuples
@@ -62,7 +62,7 @@ ROW = ("kind", "a", "b", "c", "fp")
 # reads them as 0)
 _USES = {OP_FAIL: (), OP_DELIVER: (), rk.OP_LINK: ("a",), rk.OP_ENCAP: ("a",), OP_CAP: ("a",),
          OP_CT: ("a", "b", "c", "fp"), OP_FDB_LEARN: ("a", "b", "c"), OP_FDB_FWD: ("a", "b", "c")}
-_USED = np.array([[name in _USES.get(k, ()) for name in ("a", "b", "c")] for k in range(8)], np.int64)
+_USED = np.array([[name in _USES.get(k, ()) for name in ROW[1:]] for k in range(8)], np.int64)
 
 
 class FlowCache:
@@ -145,35 +145,11 @@ class FlowCache:
         self._free, self._n_free = free, self._n_free + size - old
 
     def log(self, batch, idx, kind: int, a=0, b=0, c=0, fp=0) -> None:
-        """A row for each learner among packets idx (a, b, c, fp: scalars or per packet)."""
-        slot = batch.learn[idx]
-        sel = slot >= 0
-        if not sel.any():
-            return
-        sel_idx = None if sel.all() else np.nonzero(sel)[0]   # None: every packet (no gathers)
-        s = slot if sel_idx is None else slot[sel_idx]
-        pos = self._fill[s]
-        live = self._state[s] == LEARNING
-        ok = live & (pos < MAX_ROWS)
-        if not ok.all():
-            sel_idx = np.arange(len(idx)) if sel_idx is None else sel_idx
-            full = live & ~ok                  # a path this long is not cached
-            if full.any():
-                self._state[s[full]] = FAILED
-                self._ended = True
-                batch.learn[idx[sel_idx[full]]] = -1
-            s, sel_idx, pos = s[ok], sel_idx[ok], pos[ok]
-        cols = {"a": a, "b": b, "c": c, "fp": fp}
-        at = (pos[0], s) if len(pos) and (pos == pos[0]).all() else (pos, s)   # mostly one row for all
-        self._rows["kind"][at] = kind
-        for name in _USES[kind]:
-            col = cols[name]
-            self._rows[name][at] = col if np.isscalar(col) or sel_idx is None else np.asarray(col)[sel_idx]
-        self._fill[s] = pos + 1
-        if kind == OP_DELIVER or kind == OP_FAIL:
-            self._state[s] = DELIVERED if kind == OP_DELIVER else FAILED
+        """A row for each learner among packets idx (a, b, c, fp: scalars or per packet): kernels.program.log."""
+        if program.log(batch.learn, np.asarray(idx, np.int64), *(self._rows[name] for name in ROW), self._fill,
+                       self._state, kind, *(np.asarray(x).astype(np.int64, copy=False).reshape(-1)
+                                            for x in (a, b, c, fp)), _USED):
             self._ended = True
-            batch.learn[idx if sel_idx is None else idx[sel_idx]] = -1
 
     # the numbers programs give tables: a namespace's conntrack, a bridge's FDB,
     # a namespace's IP id counter

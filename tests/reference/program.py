@@ -76,3 +76,33 @@ def differ(ops, n_ops, start, rows) -> bool:
     if start < 0 or start + len(rows) > n_ops:
         return True
     return any(tuple(int(x) for x in ops[start + r, :4]) != tuple(row) for r, row in enumerate(rows))
+
+
+FREE, LEARNING, DELIVERED, FAILED = 0, 1, 2, 3
+OP_FAIL, OP_DELIVER = 0, 7
+
+
+def log(learn, idx, cols, fill, state, kind, values, used) -> bool:
+    """kernels.program.log over lists: cols {name: [row][slot] list}, values
+    {name: list of one value or one per packet}; updates learn, cols, fill,
+    state; returns whether a learner ended."""
+    ended = False
+    rows = len(cols["kind"])
+    for i, p in enumerate(idx):
+        s = learn[p]
+        if s < 0 or state[s] != LEARNING:
+            continue
+        r = fill[s]
+        if r >= rows:
+            state[s], learn[p], ended = FAILED, -1, True
+            continue
+        cols["kind"][r][s] = kind
+        for j, name in enumerate(("a", "b", "c", "fp")):
+            if 0 <= kind < len(used) and used[kind][j]:
+                v = values[name]
+                cols[name][r][s] = v[i] if len(v) > 1 else v[0]
+        fill[s] = r + 1
+        if kind in (OP_DELIVER, OP_FAIL):
+            state[s] = DELIVERED if kind == OP_DELIVER else FAILED
+            learn[p], ended = -1, True
+    return ended
