@@ -45,6 +45,25 @@ def _fingerprint(rec):
     return np.int64(h ^ (h >> np.uint64(32)))
 
 
+def _log_arrays(check, kinds, *cols):
+    """The log's [row, slot] int64 arrays, checked by `check` (_check.array or .updated), of one shape."""
+    kinds = check(kinds, "kinds", np.int64, ndim=2)
+    out = [kinds]
+    for x, name in zip(cols, ("col_a", "col_b", "col_c", "col_fp")):
+        x = check(x, name, np.int64, ndim=2)
+        if x.shape != kinds.shape:
+            raise ValueError(f"{name}: expected the shape of kinds {kinds.shape}, got {x.shape}")
+        out.append(x)
+    return out
+
+
+def _used(used) -> np.ndarray:
+    used = _check.array(used, "used", np.int64, ndim=2)
+    if used.shape[1] != 4:
+        raise ValueError("used: expected 4 columns (a, b, c, fp)")
+    return used
+
+
 @jit
 def _log(learn, idx, kinds, col_a, col_b, col_c, col_fp, fill, state, kind, a, b, c, fp, used):
     ended = False
@@ -87,12 +106,7 @@ def log(learn, idx, kinds, col_a, col_b, col_c, col_fp, fill, state, kind: int, 
     learn = _check.updated(learn, "learn", np.int32)
     idx = _check.array(idx, "idx", np.int64)
     _check.in_range(idx, "idx", 0, len(learn) - 1)
-    kinds = _check.updated(kinds, "kinds", np.int64, ndim=2)
-    cols = [_check.updated(x, name, np.int64, ndim=2) for x, name in
-            ((col_a, "col_a"), (col_b, "col_b"), (col_c, "col_c"), (col_fp, "col_fp"))]
-    for x, name in zip(cols, ("col_a", "col_b", "col_c", "col_fp")):
-        if x.shape != kinds.shape:
-            raise ValueError(f"{name}: expected the shape of kinds {kinds.shape}, got {x.shape}")
+    kinds, *cols = _log_arrays(_check.updated, kinds, col_a, col_b, col_c, col_fp)
     fill = _check.updated(fill, "fill", np.int64)
     state = _check.updated(state, "state", np.int8)
     _check.same_length(fill=fill, state=state)
@@ -105,9 +119,7 @@ def log(learn, idx, kinds, col_a, col_b, col_c, col_fp, fill, state, kind: int, 
     for x, name in zip(values, ("a", "b", "c", "fp")):
         if len(x) not in (1, len(idx)):
             raise ValueError(f"{name}: one value, or one per packet")
-    used = _check.array(used, "used", np.int64, ndim=2)
-    if used.shape[1] != 4:
-        raise ValueError("used: expected 4 columns (a, b, c, fp)")
+    used = _used(used)
     return bool(_log(learn, idx, kinds, *cols, fill, state, np.int64(kind), *values, used))
 
 
@@ -208,20 +220,13 @@ def gather(kinds, col_a, col_b, col_c, col_fp, slots, fill, used, cts: tuple):
     that kind uses column a, b, c, fp (j = 0..3); cts: the conntrack tables'
     `conns` by table number (a of an OP_CT row). A learner whose OP_CT row
     names a table or connection that does not exist is left out."""
-    kinds = _check.array(kinds, "kinds", np.int64, ndim=2)
-    cols = [_check.array(x, name, np.int64, ndim=2) for x, name in
-            ((col_a, "col_a"), (col_b, "col_b"), (col_c, "col_c"), (col_fp, "col_fp"))]
-    for x, name in zip(cols, ("col_a", "col_b", "col_c", "col_fp")):
-        if x.shape != kinds.shape:
-            raise ValueError(f"{name}: expected the shape of kinds {kinds.shape}, got {x.shape}")
+    kinds, *cols = _log_arrays(_check.array, kinds, col_a, col_b, col_c, col_fp)
     slots = _check.array(slots, "slots", np.int64)
     fill = _check.array(fill, "fill", np.int64)
     _check.same_length(slots=slots, fill=fill)
     _check.in_range(slots, "slots", 0, kinds.shape[1] - 1)
     _check.in_range(fill, "fill", 0, kinds.shape[0])
-    used = _check.array(used, "used", np.int64, ndim=2)
-    if used.shape[1] != 4:
-        raise ValueError("used: expected 4 columns (a, b, c, fp)")
+    used = _used(used)
     for k, conns in enumerate(cts):
         if not isinstance(conns, np.ndarray) or conns.dtype != ct.CONN_DTYPE or conns.ndim != 1:
             raise ValueError(f"cts[{k}]: expected a conntrack table's conns (CONN_DTYPE records)")
