@@ -104,9 +104,11 @@ class Decider:
             u, inv = np.array([[packed[0], packed2[0]]], np.uint64), np.zeros(n, np.int64)
         else:
             u, inv = _unique_pairs(packed, packed2)
+        infos = [self._cache.get(_key(a, c, hook)) for a, c in u.tolist()]
+        # per key: its endpoint count if its packets draw one ("random"), else -1
+        n_eps = np.array([_n_random(info) for info in infos], np.int64)
         todo = np.ones(n, bool)
-        for j, (a, c) in enumerate(u.tolist()):
-            info = self._cache.get((a >> 32, c >> 16, a & 0xFFFFFFFF, c & 0xFFFF, hook))
+        for j, info in enumerate(infos):
             if info is not None and info[0] == "static":
                 sel = inv == j
                 d = info[1]
@@ -119,27 +121,28 @@ class Decider:
                         explain[k] = d.explain
                 todo[sel] = False
         rest = np.nonzero(todo)[0]
-        if len(rest) and self._one_run(u, inv, rest, src, hook, action, bip, bport, masq, explain, want_explain,
-                                       dst, dport):
+        args = (u, inv, infos, src, dst, dport, action, bip, bport, masq, explain, want_explain)
+        if len(rest) and self._one_run(rest, n_eps, *args):
             return action, bip, bport, masq, explain
-        keys = _Keys(src, proto, dst, dport)
         pos = 0
         while pos < len(rest):
             i = int(rest[pos])
-            key = keys[i] + (hook,)
-            info = self._cache.get(key)
+            j = int(inv[i])
+            info = infos[j]
             if info is None or info[0] == "python":
-                s = ipv4.ntoa(keys[i][0])
-                d = kp.decide(s, keys[i][1], ipv4.ntoa(keys[i][2]), keys[i][3], now_ns=int(times[i]), hook=hook,
+                a, c = u[j].tolist()
+                s = ipv4.ntoa(a >> 32)
+                d = kp.decide(s, c >> 16, ipv4.ntoa(a & 0xFFFFFFFF), c & 0xFFFF, now_ns=int(times[i]), hook=hook,
                               src_port=int(sport[i]))
                 fill = info is None
                 if fill:
-                    info = self._cache[key] = self._classify(d, s)
+                    info = infos[j] = self._cache[_key(a, c, hook)] = self._classify(d, s)
+                    n_eps[j] = _n_random(info)
                 self._apply(i, d, action, bip, bport, masq, explain, want_explain)
                 pos += 1
                 if fill and info[0] == "static":  # the later packets with this key: all at once
                     later = rest[pos:]
-                    same = later[inv[later] == inv[i]]
+                    same = later[inv[later] == j]
                     if len(same):
                         action[same], masq[same] = _CODE[d.action], d.masquerade
                         if d.backend is not None:
@@ -147,70 +150,52 @@ class Decider:
                         if want_explain is not None and d.action == DNAT:
                             for k in same[want_explain[same]].tolist():
                                 explain[k] = d.explain
-                        rest = np.concatenate([rest[:pos], later[inv[later] != inv[i]]])
-                if fill and pos < len(rest) and self._one_run(u, inv, rest[pos:], src, hook, action, bip, bport,
-                                                              masq, explain, want_explain, dst, dport):
+                        rest = np.concatenate([rest[:pos], later[inv[later] != j]])
+                if fill and pos < len(rest) and self._one_run(rest[pos:], n_eps, *args):
                     break
                 continue
             if info[0] == "static":
                 self._apply(i, info[1], action, bip, bport, masq, explain, want_explain)
                 pos += 1
                 continue
-            # a run of packets whose keys are "random" with the same endpoint count
-            eps = info[1]
-            end = pos + 1
-            while end < len(rest):
-                other = self._cache.get(keys[int(rest[end])] + (hook,))
-                if other is None or other[0] != "random" or len(other[1]) != len(eps):
-                    break
-                end += 1
-            run = rest[pos:end].tolist()
-            picks = kp._rng.integers(len(eps), size=len(run)) if len(eps) > 1 else np.zeros(len(run), np.int64)
-            for k, pick in zip(run, picks.tolist()):
-                _, eps_k, base_masq, what = self._cache[keys[k] + (hook,)]
-                ep = eps_k[pick]
-                s = keys[k][0]
-                ip = ipv4.aton(ep.ip)
-                hairpin = s == ip
-                action[k], bip[k], bport[k], masq[k] = A_DNAT, ip, ep.port, base_masq or hairpin
-                if want_explain is not None and want_explain[k]:
-                    explain[k] = (f"DNAT {ipv4.ntoa(keys[k][2])}:{keys[k][3]} -> {ep.ip}:{ep.port} via {ep.chain}"
-                                  f" [{what}]" + ("; masquerade" if masq[k] else ""))
+            # a run of packets whose keys are "random" with the same endpoint count: one draw
+            other = np.nonzero(n_eps[inv[rest[pos:]]] != n_eps[j])[0]
+            end = pos + (int(other[0]) if len(other) else len(rest) - pos)
+            self._draw(rest[pos:end], int(n_eps[j]), *args)
             pos = end
         return action, bip, bport, masq, explain
 
-    def _one_run(self, u, inv, rest, src, hook, action, bip, bport, masq, explain, want_explain, dst, dport):
-        """All the remaining packets at once when every key among them is known
+    def _one_run(self, rest, n_eps, *args) -> bool:
+        """All the packets `rest` at once when every key among them is known
         as "random" with the same endpoint count: one run, one draw of the
-        proxy's stream for all (as the loop below would do). False otherwise."""
-        js = np.unique(inv[rest]).tolist()
-        infos = {}
-        for j in js:
-            a, c = u[j].tolist()
-            info = self._cache.get((a >> 32, c >> 16, a & 0xFFFFFFFF, c & 0xFFFF, hook))
-            if info is None or info[0] != "random":
-                return False
-            infos[j] = info
-        count = {len(info[1]) for info in infos.values()}
-        if len(count) != 1:
+        proxy's stream for all (as the loop of `decide` would do). False otherwise."""
+        counts = np.unique(n_eps[args[1][rest]])   # args[1]: each packet's key number
+        if len(counts) != 1 or counts[0] < 0:
             return False
-        n_eps = count.pop()
-        picks = self.kp._rng.integers(n_eps, size=len(rest)) if n_eps > 1 else np.zeros(len(rest), np.int64)
-        for j, (_, eps, base_masq, what) in infos.items():
-            sel = inv[rest] == j
-            k = rest[sel]
+        self._draw(rest, int(counts[0]), *args)
+        return True
+
+    def _draw(self, run, n_eps, u, inv, infos, src, dst, dport, action, bip, bport, masq, explain,
+              want_explain) -> None:
+        """The packets `run` (their keys "random" with n_eps endpoints each):
+        one draw of the proxy's stream for all, in order; each packet's
+        endpoint is its key's endpoint at its pick."""
+        picks = self.kp._rng.integers(n_eps, size=len(run)) if n_eps > 1 else np.zeros(len(run), np.int64)
+        for j in np.unique(inv[run]).tolist():
+            _, eps, base_masq, what = infos[j]
+            sel = inv[run] == j
+            k = run[sel]
             pk = picks[sel]
             ips = np.array([ipv4.aton(ep.ip) for ep in eps], np.uint32)
             ports = np.array([ep.port for ep in eps], np.uint16)
             action[k], bip[k], bport[k] = A_DNAT, ips[pk], ports[pk]
-            masq[k] = base_masq | (src[k] == ips[pk])
+            masq[k] = base_masq | (src[k] == ips[pk])   # a hairpin: the client is its own endpoint
             if want_explain is not None:
                 for kk, p in zip(k.tolist(), pk.tolist()):
                     if want_explain[kk]:
                         ep = eps[p]
                         explain[kk] = (f"DNAT {ipv4.ntoa(int(dst[kk]))}:{int(dport[kk])} -> {ep.ip}:{ep.port} "
                                        f"via {ep.chain} [{what}]" + ("; masquerade" if masq[kk] else ""))
-        return True
 
     @staticmethod
     def _apply(i, d, action, bip, bport, masq, explain, want_explain) -> None:
@@ -235,11 +220,11 @@ def _unique_pairs(a, b):
     return np.stack([sa[new], sb[new]], axis=1), inv
 
 
-class _Keys:
-    """(src, proto, dst, dport) of packet i, on demand."""
+def _key(a: int, c: int, hook: str) -> tuple:
+    """The cache key of a unique pair (source << 32 | destination, protocol << 16 | port)."""
+    return (a >> 32, c >> 16, a & 0xFFFFFFFF, c & 0xFFFF, hook)
 
-    def __init__(self, src, proto, dst, dport):
-        self.cols = (src, proto, dst, dport)
 
-    def __getitem__(self, i):
-        return tuple(int(c[i]) for c in self.cols)
+def _n_random(info) -> int:
+    """A key's endpoint count if its packets draw one from the stream, else -1."""
+    return len(info[1]) if info is not None and info[0] == "random" else -1
