@@ -603,6 +603,22 @@ def _make_room(conns, counters, index, free_ids, stats, seed, zone, proto, h, rs
     return 0
 
 
+@jit
+def _insert_free(conns, index, free_ids, stats, h, hr, zone, proto, src, dst, sport, dport, rsrc, rdst, rsport,
+                 rdport, state, expires):
+    """`_track`'s insert for a caller that checked both tuples are free and
+    the table is not full (kernels.replay): the next free id filled, both
+    tuples placed. Returns the connection."""
+    live = stats[STAT_COUNT]
+    c = free_ids[len(conns) - live - 1]
+    stats[STAT_COUNT] = live + 1
+    stats[STAT_INSERT] += 1
+    _fill(conns[c], zone, proto, src, dst, sport, dport, rsrc, rdst, rsport, rdport, state, expires)
+    _place(index, h, 2 * c + ORIGINAL)
+    _place(index, hr, 2 * c + REPLY)
+    return c
+
+
 # --- kernels: batches -----------------------------------------------------------
 
 @jit

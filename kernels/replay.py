@@ -14,9 +14,15 @@ ref_start[key] on, one per OP_CT and OP_CAP row of the path, in path order
     OP_CT        a = table,             conntrack at a namespace: the connection (ref: conn,
                  c = direction          then its tuples as four words, tuple_words) still holds
                  ref = (conn, w0..w3)   those tuples, is confirmed, lives past the horizon, has
-                                        seen a reply if this is one; TCP: the packet's flags are
-                                        a valid step (tcp_next). Then the state step,
-                                        kernels.flow's refresh and ASSURED
+                                        seen a reply if this is one (but for the SYN-ACK, which
+                                        sets SEEN_REPLY, as the lookup does); TCP: the packet's
+                                        flags are a valid step (tcp_next). Then the state step,
+                                        kernels.flow's refresh and ASSURED. A reference whose
+                                        conn is NEW_CONN (ORIGINAL rows) names a connection the
+                                        packet opens: found holding those tuples as ORIGINAL,
+                                        it is the flow's from then on; else it is inserted if
+                                        both tuples are free and the table has room (one such
+                                        insert per table and packet), as the hook opens one
     OP_FDB_LEARN a = bridge,            br_fdb_update of the source MAC b: its entry still says
                  b = MAC, c = port,     ingress port c and has not aged; its time is refreshed
                  d = slot hint
@@ -38,8 +44,8 @@ The traffic is emu.bulk.traffic's closed loop: packet s of a flow leaves
 when packet s - 1 arrives. A flow's steady steps are its data segments
 (client -> server, PSH|ACK, odd steps) and their acknowledgements (server
 -> client, ACK, even steps): 3 <= s < 3 + 2K; the kernel also carries the
-handshake's ACK (s = 2, client) and the teardown (FIN, FIN-ACK, ACK: s = 3 +
-2K .. 5 + 2K). For each item (flow, step, time) the kernel carries the flow
+handshake's SYN-ACK and ACK (s = 1, server; s = 2, client) and the teardown
+(FIN, FIN-ACK, ACK: s = 3 + 2K .. 5 + 2K). A SYN-ACK is not captured here. For each item (flow, step, time) the kernel carries the flow
 on while its next packet has a program, passes every check of its program
 and arrives before `horizon` (the caller's next event: a table may change
 then); the first packet that does not is left to the fast path (nothing of
@@ -75,11 +81,12 @@ from kernels import _check
 from kernels import conntrack as ct
 from kernels import fdb as fdbk
 from kernels._jit import jit
-from kernels.flow import ACK, FIN, TCP_ESTABLISHED, _refresh, _timeout, tcp_next
+from kernels.flow import ACK, FIN, SYN, TCP_ESTABLISHED, _refresh, _timeout, tcp_next
 from kernels.frametpl import FIELD_BYTES, TPL, put_fields
 
 OP_LINK, OP_CT, OP_FDB_LEARN, OP_FDB_FWD, OP_ENCAP, OP_CAP, OP_DELIVER = 1, 2, 3, 4, 5, 6, 7
 PSH = 0x08
+NEW_CONN = -1    # an OP_CT reference's conn: the connection its tuples name is opened (or found) by the packet
 OPS = 5          # columns of a program row: kind, a, b, c, d
 REFS = 5         # columns of a reference row: conn and four tuple words (OP_CT); ports, outer port (OP_CAP)
 (N_REC, N_BYTES, NEXT_ID, FULL) = range(4)   # the `counts` array
@@ -121,6 +128,18 @@ def tuple_words(conns) -> np.ndarray:
     return w.view(np.int64)
 
 
+def tuple_words_with_port(words, port) -> np.ndarray:
+    """Tuple words (last axis: tuple_words' four) with the original source
+    port and the reply's destination port made `port` (broadcast against
+    the words' rows): a connection without NAT whose client port differs."""
+    port = np.asarray(port, np.uint64)
+    shape = np.broadcast_shapes(np.shape(words)[:-1], port.shape) + (4,)
+    w = np.broadcast_to(np.asarray(words, np.int64), shape).copy().view(np.uint64)
+    w[..., 2] = (w[..., 2] & ~np.uint64(0xFFFF)) | port
+    w[..., 3] = (w[..., 3] & np.uint64(0xFFFFFFFFFFFF)) | (port << np.uint64(48))
+    return w.view(np.int64)
+
+
 @jit
 def _same_tuples(rec, w0, w1, w2, w3):
     """The record's tuples are the words' (tuple_words, field by field)."""
@@ -148,8 +167,51 @@ def _fdb_slot(entries, salt, mac, port, hint):
 
 
 @jit
-def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len, ops, ref_start, refs, cts, n_cts,
-            fdb_entries, fdb_states, fdb_salts, n_fdbs, peer, latency, up, ip_ids, isn_c, isn_s, ipid_c, ipid_s, c_got,
+def _words(w0, w1, w2, w3):
+    """tuple_words back into (zone, proto, orig src, dst, sport, dport, reply src, dst, sport, dport)."""
+    return (np.uint16(w0 & 0xFFFF), np.uint8((w0 >> 16) & 0xFF), np.uint32(w1 & 0xFFFFFFFF),
+            np.uint32((w1 >> 32) & 0xFFFFFFFF), np.uint16(w2 & 0xFFFF), np.uint16((w2 >> 16) & 0xFFFF),
+            np.uint32((w2 >> 32) & 0xFFFFFFFF), np.uint32(w3 & 0xFFFFFFFF), np.uint16((w3 >> 32) & 0xFFFF),
+            np.uint16((w3 >> 48) & 0xFFFF))
+
+
+@jit
+def _open_check(conns, index, stats, seed, w0, w1, w2, w3, flags):
+    """A NEW_CONN reference's tuples at a table: (conn, 0) when a connection
+    holds the original tuple in the ORIGINAL direction (the packet is then
+    checked as its), (-1, 0) when both tuples are free and the table has room
+    (the commit inserts), (-1, 1) otherwise: the fast path decides (a clash,
+    an expired entry to reap, a full table, a TCP packet that opens nothing)."""
+    z, p, a, b, x, y, ra, rb, rx, ry = _words(w0, w1, w2, w3)
+    pos = ct._find(index, conns, ct._hash(z, p, a, b, x, y, seed), z, p, a, b, x, y)
+    if pos >= 0:
+        word = index[pos]
+        return (ct._slot_conn(word), 0) if ct._slot_direction(word) == ct.ORIGINAL else (-1, 1)
+    if p == 6 and tcp_next(0, flags, ct.ORIGINAL) < 0:
+        return -1, 1
+    if not (ra == a and rb == b and rx == x and ry == y) \
+            and ct._find(index, conns, ct._hash(z, p, ra, rb, rx, ry, seed), z, p, ra, rb, rx, ry) >= 0:
+        return -1, 1
+    return -1, 0 if stats[ct.STAT_COUNT] < len(conns) else 1
+
+
+@jit
+def _open(conns, index, free_ids, stats, seed, w0, w1, w2, w3, flags, now):
+    """Insert a NEW_CONN reference's connection (checked by _open_check) as
+    the conntrack hook opens one: a SYN in SYN_SENT, any other TCP packet
+    ESTABLISHED (nf_conntrack_tcp_loose), other protocols stateless."""
+    z, p, a, b, x, y, ra, rb, rx, ry = _words(w0, w1, w2, w3)
+    state = 0
+    if p == 6:
+        state = 1 if (flags & SYN) != 0 and (flags & ACK) == 0 else TCP_ESTABLISHED
+    return ct._insert_free(conns, index, free_ids, stats, ct._hash(z, p, a, b, x, y, seed),
+                           ct._hash(z, p, ra, rb, rx, ry, seed), z, p, a, b, x, y, ra, rb, rx, ry, np.uint8(state),
+                           now + _timeout(np.int64(p), state, False))
+
+
+@jit
+def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len, ops, ref_start, refs, cts, ct_index,
+            ct_free, ct_stats, ct_seeds, n_cts, fdb_entries, fdb_states, fdb_salts, n_fdbs, peer, latency, up, ip_ids, isn_c, isn_s, ipid_c, ipid_s, c_got,
             echoes, tpl, cap_buf, cap_start, cap_len, cap_port, cap_time, cap_pkt, cap_note, cap_tpl, counts, out_step,
             out_time, sent, lat):
     """The loops of `replay` in one function (helpers taking the table tuples
@@ -169,8 +231,8 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
         path_lat = np.zeros(2, np.int64)
         path_rec = np.zeros(2, np.int64)
         path_bytes = np.zeros(2, np.int64)
-        while t < horizon and 2 <= s < last_step and counts[FULL] == 0:
-            server = (s % 2) == 0 and s >= 4
+        while t < horizon and 1 <= s < last_step and counts[FULL] == 0:
+            server = s == 1 or ((s % 2) == 0 and s >= 4)
             d = 1 if server else 0
             key = 2 * f + d
             count = prog_len[key]
@@ -180,6 +242,8 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
             steady = 3 <= s < 3 + 2 * k_data
             if steady:
                 flags = ACK if server else PSH | ACK
+            elif s == 1:     # the server's SYN-ACK
+                flags = SYN | ACK
             elif s == 2:     # the handshake's last ACK
                 flags = ACK
             else:            # the teardown: FIN, FIN-ACK, ACK
@@ -190,6 +254,7 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
             ok = True
             n_rec = 0
             n_bytes = 0
+            opened = 0      # bit a: this packet inserts a connection in table a
             if steady and checked[d]:
                 tt = t + path_lat[d]
                 n_rec = path_rec[d]
@@ -212,17 +277,30 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
                     tt += latency[a]
                 elif kind == OP_CT:
                     direction = ops[r, 3]
-                    if a < 0 or a >= n_cts or ref < 0 or ref >= len(refs) or refs[ref, 0] < 0 \
-                            or refs[ref, 0] >= len(cts[a]) or (direction != ct.ORIGINAL and direction != ct.REPLY):
+                    if a < 0 or a >= n_cts or ref < 0 or ref >= len(refs) or refs[ref, 0] < NEW_CONN \
+                            or refs[ref, 0] >= len(cts[a]) or (direction != ct.ORIGINAL and direction != ct.REPLY) \
+                            or (refs[ref, 0] == NEW_CONN and (direction != ct.ORIGINAL or a >= 64)):
                         return -2 - r
+                    if refs[ref, 0] == NEW_CONN:
+                        c, busy = _open_check(cts[a], ct_index[a], ct_stats[a], ct_seeds[a], refs[ref, 1],
+                                              refs[ref, 2], refs[ref, 3], refs[ref, 4], flags)
+                        if busy or (c < 0 and (opened >> a) & 1) or (c >= 0 and not _same_tuples(
+                                cts[a][c], refs[ref, 1], refs[ref, 2], refs[ref, 3], refs[ref, 4])):
+                            ok = False   # a clash, no room, a second insert in the table, another reply tuple
+                            break
+                        if c < 0:
+                            opened |= 1 << a
+                            ref += 1
+                            continue
+                        refs[ref, 0] = c   # found: the flow's connection, checked below as any
                     rec = cts[a][refs[ref, 0]]
                     same = _same_tuples(rec, refs[ref, 1], refs[ref, 2], refs[ref, 3], refs[ref, 4])
                     ref += 1
                     if (rec.status & ct.IPS_CONFIRMED) == 0 or not same or rec.expires <= max(tt, horizon):
                         ok = False
                         break
-                    if direction == ct.REPLY and (rec.status & ct.IPS_SEEN_REPLY) == 0:
-                        ok = False  # the lookup would set SEEN_REPLY: the fast path does that
+                    if direction == ct.REPLY and (rec.status & ct.IPS_SEEN_REPLY) == 0 and s != 1:
+                        ok = False  # only the SYN-ACK is the first reply
                         break
                     if rec.proto == 6 and tcp_next(np.int64(rec.state), flags, direction) < 0:
                         ok = False   # INVALID: the fast path says so
@@ -246,6 +324,9 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
                     if a < 0 or a + 2 >= len(tpl) or ref < 0 or ref >= len(refs) \
                             or not (0 <= refs[ref, 0] <= 0xFFFFFFFF and 0 <= refs[ref, 1] <= 0xFFFF):
                         return -2 - r
+                    if s == 1:   # no template for a SYN-ACK: the fast path captures it
+                        ok = False
+                        break
                     ref += 1
                     n_rec += 1
                     n_bytes += FIELD_BYTES
@@ -253,7 +334,7 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
                     return -2 - r
             if not ok or tt >= horizon:   # nothing may happen to a table before the packet arrives
                 break
-            if steady and not checked[d]:
+            if steady and not checked[d] and opened == 0:   # a connection opened now is checked again
                 checked[d] = True
                 path_lat[d] = tt - t
                 path_rec[d] = n_rec
@@ -293,9 +374,14 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
                 if kind == OP_LINK:
                     tt += latency[a]
                 elif kind == OP_CT:
+                    if refs[ref, 0] == NEW_CONN:
+                        refs[ref, 0] = _open(cts[a], ct_index[a], ct_free[a], ct_stats[a], ct_seeds[a], refs[ref, 1],
+                                             refs[ref, 2], refs[ref, 3], refs[ref, 4], flags, tt)
                     rec = cts[a][refs[ref, 0]]
                     ref += 1
-                    seen_reply = (rec.status & ct.IPS_SEEN_REPLY) != 0 or ops[r, 3] == ct.REPLY
+                    if ops[r, 3] == ct.REPLY:   # what the lookup does
+                        rec.status |= ct.IPS_SEEN_REPLY
+                    seen_reply = (rec.status & ct.IPS_SEEN_REPLY) != 0
                     p = np.int64(rec.proto)
                     state = np.int64(rec.state)
                     if p == 6:
@@ -359,7 +445,7 @@ def replay(flow, step, time, end: int, horizon: int, k_data: int, payload: int, 
            ref_start, refs, cts: tuple, fdbs: tuple, peer, latency, up, ip_ids, flows: Flows, capture: Capture,
            counts) -> Result:
     """Carry the flows on (see the module docstring). cts: the conntrack
-    tables' `conns` arrays by table number; fdbs: kernels.fdb.Fdb by bridge
+    tables (kernels.conntrack.Table) by table number; fdbs: kernels.fdb.Fdb by bridge
     number; ip_ids: each counter's next IP id (updated); counts: int64
     [records written, bytes written, next packet id, full] (updated)."""
     flow = _check.array(flow, "flow", np.int64)
@@ -406,17 +492,19 @@ def replay(flow, step, time, end: int, horizon: int, k_data: int, payload: int, 
                  -1)
     if not n:
         return out
-    for k, conns in enumerate(cts):
-        if not isinstance(conns, np.ndarray) or conns.dtype != ct.CONN_DTYPE or conns.ndim != 1:
-            raise ValueError(f"cts[{k}]: expected a conntrack table's conns (CONN_DTYPE records)")
+    for k, table in enumerate(cts):
+        if not isinstance(table, ct.Table) or table.conns.dtype != ct.CONN_DTYPE or table.conns.ndim != 1:
+            raise ValueError(f"cts[{k}]: expected a kernels.conntrack.Table")
     for k, f in enumerate(fdbs):
         if not isinstance(f, fdbk.Fdb) or f.entries.dtype != fdbk.ENTRY_DTYPE or f.state.dtype != fdbk.STATE_DTYPE:
             raise ValueError(f"fdbs[{k}]: expected a kernels.fdb.Fdb")
     n_cts, n_fdbs = len(cts), len(fdbs)
-    cts = tuple(cts) if cts else (ct._aligned_zeros(1, ct.CONN_DTYPE),)  # numba wants a non-empty tuple
+    cts = tuple(cts) if cts else (ct.make_table(1),)  # numba wants a non-empty tuple
     fdbs = tuple(fdbs) if fdbs else (fdbk.make_fdb(1),)
     last = _replay(flow, step, time, np.int64(end), np.int64(max(horizon, end)), np.int64(k_data),
-                   np.int64(payload), prog_start, prog_len, ops, ref_start, refs, cts, np.int64(n_cts),
+                   np.int64(payload), prog_start, prog_len, ops, ref_start, refs, tuple(t.conns for t in cts),
+                   tuple(t.index for t in cts), tuple(t.free_ids for t in cts), tuple(t.stats for t in cts),
+                   np.array([t.seed for t in cts], np.uint64), np.int64(n_cts),
                    tuple(f.entries for f in fdbs), tuple(f.state for f in fdbs),
                    np.array([f.salt for f in fdbs], np.uint64), np.int64(n_fdbs), peer, latency, up,
                    ip_ids, *fl, *cap, counts, out.step, out.time, out.sent, out.latency)

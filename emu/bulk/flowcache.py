@@ -33,13 +33,21 @@ fast path): see `stale`. Flows are then learned again.
 Replay. kernels.replay carries flows along their programs on the live
 tables: conntrack state, timeouts and ASSURED, FDB refreshes, IP ids drawn,
 links up, captured frames; a packet it cannot carry goes down the fast path.
+
+SYN-ACKs. A connection's way back is the way back of any connection with
+the same client path (client, backend, route): an uncaptured flow whose SYN
+taught its client program takes the server program of such a flow for its
+SYN-ACK (`adopt`), with its own references: the connections its SYN opened,
+and the outer VXLAN flows its SYN-ACK opens, named by their tuples
+(kernels.replay's NEW_CONN). Until a path has such a flow, one SYN-ACK on it
+goes down the fast path to teach it (emu.bulk.traffic's scout).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from emu.bulk import variants
-from kernels import parse, program
+from kernels import hashing, parse, program
 from kernels import replay as rk
 from kernels.frametpl import FIELD_BYTES, TPL
 from kernels.replay import OP_CAP, OP_CT, OP_DELIVER, OP_FDB_FWD, OP_FDB_LEARN, OPS, REFS
@@ -86,6 +94,7 @@ class FlowCache:
         self.ops = np.zeros((1024, OPS), np.int64)
         self.refs = np.zeros((min(MAX_REFS, 2 * self.n * 5), REFS), np.int64)
         self._paths: dict[int, int] = {}          # a path's hash (kernels.program) -> its first row
+        self._synack: dict[int, tuple | None] = {}  # a client path's first row -> its SYN-ACK plan (`adopt`)
         # learner slots: rows (kind, a, b, c, fingerprint), how many, the key, the state
         self._rows = {name: np.zeros((MAX_ROWS, 0), np.int64) for name in ROW}
         self._fill = np.zeros(0, np.int64)
@@ -107,6 +116,7 @@ class FlowCache:
         self._n_ops = self._n_refs = 0
         self._dead = 0                               # references of flows forgotten
         self._paths.clear()
+        self._synack.clear()
         self._state[:] = FREE
         self._free[:] = np.arange(len(self._key) - 1, -1, -1)
         self._n_free = len(self._key)
@@ -348,9 +358,95 @@ class FlowCache:
         ops = self.ops[_spans(old, lens)]
         moved = dict(zip(old.tolist(), (np.cumsum(lens) - lens).tolist()))
         self._paths = {h: moved[at] for h, at in self._paths.items() if at in moved}
+        self._synack.clear()
         self._n_ops = self._n_refs = self._dead = 0
         self.prog_start[live] = self._append_ops(ops) + (np.cumsum(lens) - lens)[inv.reshape(-1)]
         self.ref_start[live] = self._append_refs(refs) + np.cumsum(n_refs) - n_refs
+
+    # -- SYN-ACKs along another flow's path ---------------------------------------------------
+    def adopt(self, traffic, f):
+        """Flows f, their SYN-ACK due (uncaptured, the client's program
+        compiled from the SYN, the server's not yet): each gets the server
+        program of a flow that took the same client path (the same client,
+        backend and route: the same way back), with references of its own:
+        its connections the SYN opened where that flow's reply stepped the
+        flow's own, and NEW_CONN references for the outer VXLAN flows the
+        SYN-ACK opens (kernels.replay), their source port what
+        udp_flow_src_port makes of the SYN-ACK's flow hash. Returns (adopted,
+        client path per flow: -1 without a program). `unadopt` takes back
+        the programs of flows the kernel then left at their SYN-ACK."""
+        f = np.asarray(f, np.int64)
+        path = np.where(self.prog_len[2 * f] > 0, self.prog_start[2 * f], -1)
+        path[(self.prog_len[2 * f + 1] > 0) | traffic.cap[f]] = -1
+        adopted = np.zeros(len(f), bool)
+        for p in np.unique(path[path >= 0]).tolist():
+            plan = self._synack_plan(traffic, p)
+            if plan is None:
+                continue
+            room = (MAX_REFS - (self._n_refs - self._dead)) // max(len(plan[2]), 1)   # within MAX_REFS, as learning
+            mine = np.nonzero(path == p)[0][:max(room, 0)]
+            adopted[mine] = True
+            self._adopt(traffic, f[mine], *plan)
+        return adopted, path
+
+    def unadopt(self, f) -> None:
+        keys = 2 * np.asarray(f, np.int64) + 1
+        self._dead += int(self._n_path_refs(keys).sum())
+        self.prog_len[keys] = 0
+
+    def _synack_plan(self, traffic, path: int):
+        """For a client path: (the server path's first row and length, per
+        server reference the client reference it copies or -1 for an outer
+        flow, the outer flows' tuple words without their port), from a flow
+        that has both programs; None if none has yet, or if its server
+        references are not of those two kinds (then never: it is kept)."""
+        if path in self._synack:
+            return self._synack[path]
+        g = np.nonzero((self.prog_start[0::2] == path) & (self.prog_len[0::2] > 0) & (self.prog_len[1::2] > 0))[0]
+        if not len(g):
+            return None
+        g = int(g[0])
+        start, length = int(self.prog_start[2 * g + 1]), int(self.prog_len[2 * g + 1])
+        rows = self.ops[start:start + length]
+        client = self.ops[path:path + self.prog_len[2 * g]]
+        plan = None
+        if not (rows[:, 0] == OP_CAP).any() and not (client[:, 0] == OP_CAP).any():
+            mine = self.refs[self.ref_start[2 * g]:self.ref_start[2 * g] + int((client[:, 0] == OP_CT).sum())]
+            theirs = self.refs[self.ref_start[2 * g + 1]:self.ref_start[2 * g + 1] + int((rows[:, 0] == OP_CT).sum())]
+            c_table, s_rows = client[client[:, 0] == OP_CT, 1], rows[rows[:, 0] == OP_CT]
+            port = _synack_ports(traffic, np.array([g]), self.engine.seed)[0]
+            copy = np.full(len(theirs), -1, np.int64)
+            words = theirs[:, 1:].copy()
+            ok = True
+            for j in range(len(theirs)):
+                same = np.nonzero((c_table == s_rows[j, 1]) & (mine[:, 0] == theirs[j, 0]))[0]
+                if len(same):
+                    copy[j] = same[0]
+                    continue
+                w = words[j].view(np.uint64)   # tuple_words: protocol, original sport, reply dport
+                ok &= bool(s_rows[j, 3] == 0 and ((w[0] >> 16) & 0xFF) == 17 and (w[2] & 0xFFFF) == port
+                           and (w[3] >> 48) == port)
+            if ok:
+                plan = (start, length, copy, words)
+        self._synack[path] = plan
+        return plan
+
+    def _adopt(self, traffic, f, start, length, copy, words) -> None:
+        n = len(copy)
+        if not len(f):
+            return
+        refs = np.empty((len(f), n, REFS), np.int64)
+        outer = copy < 0
+        refs[:, ~outer] = self.refs[self.ref_start[2 * f][:, None] + copy[~outer][None, :]]
+        if outer.any():
+            ports = _synack_ports(traffic, f, self.engine.seed)
+            refs[:, outer, 0] = rk.NEW_CONN
+            refs[:, outer, 1:] = rk.tuple_words_with_port(words[outer], ports[:, None])
+        base = self._append_refs(refs.reshape(-1, REFS))
+        keys = 2 * f + 1
+        self.ref_start[keys] = base + n * np.arange(len(f))
+        self.prog_start[keys] = start
+        self.prog_len[keys] = length
 
     # -- replay -----------------------------------------------------------------------------
     def run(self, traffic, f, s, t, end: int, horizon: int) -> rk.Result:
@@ -362,7 +458,7 @@ class FlowCache:
         peer, latency, _, up = eng._arrays()
         ip_ids = np.array([ns._ip_id for ns in self._enc_objs], np.int64)
         flows = rk.Flows(traffic.isn_c, traffic.isn_s, traffic.ipid_c, traffic.ipid_s, traffic.c_got, traffic.echoes)
-        cts = tuple(ns.conntrack.table.conns for ns in self._ct_objs)
+        cts = tuple(ns.conntrack.table for ns in self._ct_objs)
         fdbs = tuple(br.fdb for br in self._fdb_objs)
         taps = eng.taps
         counts = np.array([0, 0, eng.pool._next_id, 0], np.int64)
@@ -409,6 +505,14 @@ class FlowCache:
 
 _NO_RECORDS = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64),
                np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32))
+
+
+def _synack_ports(traffic, f, seed) -> np.ndarray:
+    """The VXLAN source port of each flow's SYN-ACK: udp_flow_src_port of
+    its flow hash, made from the frame the server sends (emu.bulk.traffic)."""
+    h = hashing.flow_hash(traffic.srv_ip[f], traffic.peer_ip[f], traffic.srv_port[f], traffic.peer_port[f],
+                          np.full(len(f), 6, np.uint8), seed)
+    return hashing.udp_source_port(h, 0, 0).astype(np.int64)
 
 
 def _be(buf, at, n: int) -> np.ndarray:

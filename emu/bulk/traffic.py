@@ -677,6 +677,8 @@ class Traffic:
         self._last = self.eng.now
         self.echoes = np.zeros(self.n, np.int64)
         self.syn_sent = 0
+        self._waiting: list = []   # SYN-ACKs waiting for a scout (_synacks)
+        self._scouts: dict[int, int] = {}
         self._checks = (np.zeros(0, np.int64), np.zeros(0, np.int64))
         self._bind_servers()
         for t, change in self._events:
@@ -757,6 +759,9 @@ class Traffic:
             tc = self._next_check()
             cands = [x for x in (pend_t, te, tt, tc, self.fast.next_time()) if x is not None]
             if not cands:
+                if self._waiting:   # nothing left to bring their scouts back
+                    self._release(everything=True)
+                    continue
                 break
             t = min(cands)
             end = t + w
@@ -772,6 +777,7 @@ class Traffic:
                 progress(self.sent, self.total)
 
     def _take(self, end):
+        self._release()
         if not self._pending:
             return None
         f = np.concatenate([p[0] for p in self._pending])
@@ -835,12 +841,16 @@ class Traffic:
             cache.stale(self.fast.batch)
             self._token = token
         cache.compile()
+        f, s, t = self._synacks(f, s, t)
         key = 2 * f + _tcp_from_server(s)
-        go = (s >= 2) & (s < self.steps) & cache.has(key)
+        go = (s >= 1) & (s < self.steps) & cache.has(key)
         if not go.any():
             return f, s, t
         g = np.nonzero(go)[0]
         s2, t2, sent, lat, last = cache.run(self, f[g], s[g], t[g], end, self._horizon(end))
+        left = (s2 == 1) & (s[g] == 1)
+        if left.any():   # SYN-ACKs the kernel did not carry: the fast path's, and it learns their way
+            cache.unadopt(f[g][left])
         n = int(sent.sum())
         if n:
             self.sent += n
@@ -858,6 +868,49 @@ class Traffic:
             self._pending.append((f[later], s[later], t[later]))
         now = ~later
         return f[now], s[now], t[now]
+
+    def _synacks(self, f, s, t):
+        """SYN-ACKs due take the server program of a flow on the same client
+        path (FlowCache.adopt). On a path no flow has taught yet, one SYN-ACK
+        (the scout) goes down the fast path and teaches it; the others wait
+        until the client has the scout's (or the scout broke), then go at
+        their own times (`_release`): the cache carries packets out of time
+        order as it does ahead of the window (kernels.replay)."""
+        due = np.nonzero(s == 1)[0]
+        if not len(due):
+            return f, s, t
+        adopted, path = self.fast.cache.adopt(self, f[due])
+        untaught = np.nonzero((path >= 0) & ~adopted)[0]
+        if not len(untaught):
+            return f, s, t
+        scout_of = np.empty(len(untaught), np.int64)
+        go = np.zeros(len(untaught), bool)
+        for p in np.unique(path[untaught]).tolist():
+            mine = np.nonzero(path[untaught] == p)[0]
+            scout = self._scouts.get(p, -1)
+            if scout < 0 or self._taught(scout):   # none on its way: the first goes
+                scout = self._scouts[p] = int(f[due[untaught[mine[0]]]])
+                go[mine[0]] = True
+            scout_of[mine] = scout
+        wait = due[untaught[~go]]
+        self._waiting.append((f[wait], s[wait], t[wait], scout_of[~go]))
+        keep = np.ones(len(f), bool)
+        keep[wait] = False
+        return f[keep], s[keep], t[keep]
+
+    def _taught(self, scout) -> np.ndarray:
+        """Whether scouts are back (the client has their SYN-ACK) or broke."""
+        return (self.c_got[scout] >= 1) | self.broken[scout] | self.done[scout]
+
+    def _release(self, everything=False) -> None:
+        """SYN-ACKs waiting for a scout that is back go (all, with everything)."""
+        if not self._waiting:
+            return
+        f, s, t, scout = (np.concatenate(x) for x in zip(*self._waiting))
+        go = np.ones(len(f), bool) if everything else self._taught(scout)
+        self._waiting = [(f[~go], s[~go], t[~go], scout[~go])] if not go.all() else []
+        if go.any():
+            self._pending.append((f[go], s[go], t[go]))
 
     def _horizon(self, end) -> int:
         """How far the flow cache may run ahead of the window: up to the

@@ -23,24 +23,30 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
+
 from emu.dataplane import conntrack as dct
 from kernels import conntrack as ct
 from kernels import fdb as fdbk
 from kernels.frametpl import FIELD_BYTES
-from kernels.replay import (FULL, N_BYTES, N_REC, NEXT_ID, OP_CAP, OP_CT, OP_DELIVER, OP_ENCAP, OP_FDB_FWD,
-                            OP_FDB_LEARN, OP_LINK, Result)
+from kernels.replay import (FULL, N_BYTES, N_REC, NEW_CONN, NEXT_ID, OP_CAP, OP_CT, OP_DELIVER, OP_ENCAP,
+                            OP_FDB_FWD, OP_FDB_LEARN, OP_LINK, Result)
 from tests.reference import flow as rflow
 from tests.reference import frametpl as rframe
 
-FIN, ACK, PSH = 0x01, 0x10, 0x08
+FIN, SYN, ACK, PSH = 0x01, 0x02, 0x10, 0x08
+ORIG_FIELDS = ("zone", "proto", "orig_src", "orig_dst", "orig_sport", "orig_dport")
+REPLY_FIELDS = ("zone", "proto", "reply_src", "reply_dst", "reply_sport", "reply_dport")
 
 
 def script(f, s, k, payload, isn_c, isn_s, ipid_c, ipid_s):
     """emu.bulk.traffic's packet s of flow f (TCP): (from server, flags, seq,
-    ack, IP id), for the handshake's ACK, the steady steps and the teardown."""
+    ack, IP id), for the handshake's SYN-ACK and ACK, the steady steps and the teardown."""
     ic, isv = int(isn_c[f]), int(isn_s[f])
-    server = s % 2 == 0 and s >= 4
-    if s == 2:   # the handshake's last ACK
+    server = s == 1 or (s % 2 == 0 and s >= 4)
+    if s == 1:
+        flags, seq, ack = SYN | ACK, isv, ic + 1
+    elif s == 2:   # the handshake's last ACK
         flags, seq, ack = ACK, ic + 1, isv + 1
     elif 3 <= s < 3 + 2 * k:
         if not server:
@@ -82,21 +88,69 @@ def words_tuple(w0, w1, w2, w3) -> dict:
 
 
 def flow_refs(rows, refs, ref0):
-    """Each OP_CT / OP_CAP row's reference (the flow's next refs row; None
-    outside refs, and for the other rows)."""
+    """Each OP_CT / OP_CAP row's reference (the flow's next refs row, and
+    last its number in refs; None outside refs, and for the other rows)."""
     out, j = [], ref0
     for row in rows:
         if row[0] in (OP_CT, OP_CAP):
-            out.append(tuple(int(x) for x in refs[j]) if 0 <= j < len(refs) else None)
+            out.append((*(int(x) for x in refs[j]), j) if 0 <= j < len(refs) else None)
             j += 1
         else:
             out.append(None)
     return out
 
 
-def _check(rows, frefs, r0, t, horizon, flags, ops, cts, fdbs, peer, latency, up, ip_ids, tpl):
+def in_index(table, fields: dict):
+    """(conn, direction) of the index entry (any, live or not) whose tuple is
+    `fields`, found by scanning the index, or None."""
+    for word in table.index.tolist():
+        if word == 2**64 - 1:
+            continue
+        conn, d = (word & 0xFFFFFFFF) >> 1, word & 1
+        rec = table.conns[conn]
+        if all(int(rec[k]) == fields[k2] for k, k2 in zip(ORIG_FIELDS if d == 0 else REPLY_FIELDS, ORIG_FIELDS)):
+            return conn, d
+    return None
+
+
+def _open_check(table, words, flags, opened, a):
+    """A NEW_CONN reference: (conn found holding its tuples as ORIGINAL, None),
+    (None, None) when the commit may insert it, or (None, why)."""
+    w = words_tuple(*words)
+    orig = {k: w[k] for k in ORIG_FIELDS}
+    reply = dict(zip(ORIG_FIELDS, (w[k] for k in REPLY_FIELDS)))
+    hit = in_index(table, orig)
+    if hit is not None:
+        rec = table.conns[hit[0]]
+        if hit[1] != ct.ORIGINAL or any(int(rec[k]) != w[k] for k in REPLY_FIELDS):
+            return None, "ct_open_busy"
+        return hit[0], None
+    if w["proto"] == 6 and not rflow.ct_open(6, flags)[0]:
+        return None, "ct_open_busy"
+    if reply != orig and in_index(table, reply) is not None:
+        return None, "ct_open_busy"
+    if int(table.stats[ct.STAT_COUNT]) >= len(table.conns) or a in opened:
+        return None, "ct_open_busy"
+    return None, None
+
+
+def _open(table, words, flags, now):
+    """Insert a NEW_CONN reference's connection as the conntrack hook opens one: the conn."""
+    w = words_tuple(*words)
+    _, state, timeout = rflow.ct_open(int(w["proto"]), flags)
+    col = lambda k, d: np.array([w[k]], d)  # noqa: E731
+    got = ct.insert(table, col("zone", np.uint16), col("orig_src", np.uint32), col("orig_dst", np.uint32),
+                    col("orig_sport", np.uint16), col("orig_dport", np.uint16), col("proto", np.uint8),
+                    col("reply_src", np.uint32), col("reply_dst", np.uint32), col("reply_sport", np.uint16),
+                    col("reply_dport", np.uint16), np.array([state], np.uint8), np.array([timeout], np.int64), now)
+    assert got.drop[0] == 0   # checked
+    return int(got.conn[0])
+
+
+def _check(rows, frefs, r0, t, horizon, flags, s, ops, cts, refs, fdbs, peer, latency, up, ip_ids, tpl):
     """The checks of one packet's program: (arrival, None) or (None, why)."""
     tt = t
+    opened = set()
     for r, (kind, a, b, c, d), ref in zip(range(r0, r0 + len(rows)), rows, frefs):
         if kind == OP_LINK:
             if not 0 <= a < len(peer):
@@ -106,16 +160,26 @@ def _check(rows, frefs, r0, t, horizon, flags, ops, cts, fdbs, peer, latency, up
                 return None, "link"
             tt += int(latency[a])
         elif kind == OP_CT:
-            if ref is None or not (0 <= a < len(cts) and 0 <= ref[0] < len(cts[a])) or c not in (0, 1):
+            if ref is None or not (0 <= a < len(cts) and NEW_CONN <= ref[0] < len(cts[a].conns)) or c not in (0, 1) \
+                    or (ref[0] == NEW_CONN and (c != ct.ORIGINAL or a >= 64)):
                 raise _bad(r, rows)
-            rec = cts[a][ref[0]]
+            conn = ref[0]
+            if conn == NEW_CONN:
+                conn, why = _open_check(cts[a], ref[1:5], flags, opened, a)
+                if why is not None:
+                    return None, why
+                if conn is None:
+                    opened.add(a)
+                    continue
+                refs[ref[-1]][0] = conn
+            rec = cts[a].conns[conn]
             if not int(rec["status"]) & ct.IPS_CONFIRMED:
                 return None, "ct_unconfirmed"
-            if any(int(rec[k]) != v for k, v in words_tuple(*ref[1:]).items()):
+            if any(int(rec[k]) != v for k, v in words_tuple(*ref[1:5]).items()):
                 return None, "ct_tuples"
             if int(rec["expires"]) <= max(tt, horizon):
                 return None, "ct_expired"
-            if c == ct.REPLY and not int(rec["status"]) & ct.IPS_SEEN_REPLY:
+            if c == ct.REPLY and not int(rec["status"]) & ct.IPS_SEEN_REPLY and s != 1:
                 return None, "ct_reply_unseen"
             if int(rec["proto"]) == 6 and dct.tcp_next(int(rec["state"]), flags, c) < 0:
                 return None, "ct_tcp_invalid"
@@ -142,6 +206,8 @@ def _check(rows, frefs, r0, t, horizon, flags, ops, cts, fdbs, peer, latency, up
         elif kind == OP_CAP:
             if ref is None or not 0 <= a or a + 2 >= len(tpl) or not (0 <= ref[0] < 2**32 and 0 <= ref[1] < 2**16):
                 raise _bad(r, rows)
+            if s == 1:
+                return None, "synack_captured"
         elif kind != OP_DELIVER:
             raise _bad(r, rows)
     return tt, None
@@ -167,7 +233,7 @@ def replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len
             if t >= horizon:
                 why = "horizon"
                 break
-            if not 2 <= s < 6 + 2 * k_data:
+            if not 1 <= s < 6 + 2 * k_data:
                 why = "step"
                 break
             server, flags, seq, ack, ip_id = script(f, s, k_data, payload, flows.isn_c, flows.isn_s,
@@ -179,7 +245,8 @@ def replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len
                 break
             rows = [tuple(int(x) for x in ops[r]) for r in range(r0, r0 + count)]
             frefs = flow_refs(rows, refs, int(ref_start[key]))
-            arrive, why = _check(rows, frefs, r0, t, horizon, flags, ops, cts, fdbs, peer, latency, up, ip_ids, tpl)
+            arrive, why = _check(rows, frefs, r0, t, horizon, flags, s, ops, cts, refs, fdbs, peer, latency, up, ip_ids,
+                                 tpl)
             if why is not None:
                 break
             if arrive >= horizon:   # it must arrive before the caller's next event
@@ -198,11 +265,18 @@ def replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len
             outer_id = 0
             # a capture point's templates: steady (data or ACK), pure ACK, FIN
             variant = 0 if 3 <= s < 3 + 2 * k_data else 2 if flags & FIN else 1
+            frefs = flow_refs(rows, refs, int(ref_start[key]))   # the connections the checks found
             for (kind, a, b, c, d), ref in zip(rows, frefs):
                 if kind == OP_LINK:
                     tt += int(latency[a])
                 elif kind == OP_CT:
-                    rflow.ct_advance(cts[a], ref[0], c, int(cts[a][ref[0]]["proto"]), flags, tt)
+                    conns = cts[a].conns
+                    conn = ref[0]
+                    if conn == NEW_CONN:
+                        conn = refs[ref[-1]][0] = _open(cts[a], ref[1:5], flags, tt)
+                    if c == ct.REPLY:
+                        conns[conn]["status"] |= ct.IPS_SEEN_REPLY
+                    rflow.ct_advance(conns, conn, c, int(conns[conn]["proto"]), flags, tt)
                 elif kind == OP_FDB_LEARN:
                     e = fdbs[a].entries[fdb_slot(fdbs[a].entries, b)]
                     e["updated"] = max(int(e["updated"]), tt)
