@@ -21,8 +21,9 @@ ref_start[key] on, one per OP_CT and OP_CAP row of the path, in path order
                                         conn is NEW_CONN (ORIGINAL rows) names a connection the
                                         packet opens: found holding those tuples as ORIGINAL,
                                         it is the flow's from then on; else it is inserted if
-                                        both tuples are free and the table has room (one such
-                                        insert per table and packet), as the hook opens one
+                                        both tuples are free and the table has room (at most
+                                        MAX_OPEN a packet, no two sharing a tuple), as the hook
+                                        opens one
     OP_FDB_LEARN a = bridge,            br_fdb_update of the source MAC b: its entry still says
                  b = MAC, c = port,     ingress port c and has not aged; its time is refreshed
                  d = slot hint
@@ -45,7 +46,8 @@ when packet s - 1 arrives. A flow's steady steps are its data segments
 (client -> server, PSH|ACK, odd steps) and their acknowledgements (server
 -> client, ACK, even steps): 3 <= s < 3 + 2K; the kernel also carries the
 handshake's SYN-ACK and ACK (s = 1, server; s = 2, client) and the teardown
-(FIN, FIN-ACK, ACK: s = 3 + 2K .. 5 + 2K). A SYN-ACK is not captured here. For each item (flow, step, time) the kernel carries the flow
+(FIN, FIN-ACK, ACK: s = 3 + 2K .. 5 + 2K); a SYN-ACK is never captured
+here. For each item (flow, step, time) the kernel carries the flow
 on while its next packet has a program, passes every check of its program
 and arrives before `horizon` (the caller's next event: a table may change
 then); the first packet that does not is left to the fast path (nothing of
@@ -87,6 +89,7 @@ from kernels.frametpl import FIELD_BYTES, TPL, put_fields
 OP_LINK, OP_CT, OP_FDB_LEARN, OP_FDB_FWD, OP_ENCAP, OP_CAP, OP_DELIVER = 1, 2, 3, 4, 5, 6, 7
 PSH = 0x08
 NEW_CONN = -1    # an OP_CT reference's conn: the connection its tuples name is opened (or found) by the packet
+MAX_OPEN = 16    # connections a packet opens at most
 OPS = 5          # columns of a program row: kind, a, b, c, d
 REFS = 5         # columns of a reference row: conn and four tuple words (OP_CT); ports, outer port (OP_CAP)
 (N_REC, N_BYTES, NEXT_ID, FULL) = range(4)   # the `counts` array
@@ -176,12 +179,24 @@ def _words(w0, w1, w2, w3):
 
 
 @jit
-def _open_check(conns, index, stats, seed, w0, w1, w2, w3, flags):
+def _tuples_meet(refs, i, j):
+    """Whether references i and j share a tuple (either of each)."""
+    z, p, a, b, x, y, ra, rb, rx, ry = _words(refs[i, 1], refs[i, 2], refs[i, 3], refs[i, 4])
+    z2, p2, a2, b2, x2, y2, ra2, rb2, rx2, ry2 = _words(refs[j, 1], refs[j, 2], refs[j, 3], refs[j, 4])
+    if z != z2 or p != p2:
+        return False
+    return (a == a2 and b == b2 and x == x2 and y == y2) or (a == ra2 and b == rb2 and x == rx2 and y == ry2) \
+        or (ra == a2 and rb == b2 and rx == x2 and ry == y2) or (ra == ra2 and rb == rb2 and rx == rx2 and ry == ry2)
+
+
+@jit
+def _open_check(conns, index, stats, seed, w0, w1, w2, w3, flags, pending):
     """A NEW_CONN reference's tuples at a table: (conn, 0) when a connection
     holds the original tuple in the ORIGINAL direction (the packet is then
     checked as its), (-1, 0) when both tuples are free and the table has room
-    (the commit inserts), (-1, 1) otherwise: the fast path decides (a clash,
-    an expired entry to reap, a full table, a TCP packet that opens nothing)."""
+    for it after the packet's `pending` other inserts there (the commit
+    inserts), (-1, 1) otherwise: the fast path decides (a clash, an expired
+    entry to reap, a full table, a TCP packet that opens nothing)."""
     z, p, a, b, x, y, ra, rb, rx, ry = _words(w0, w1, w2, w3)
     pos = ct._find(index, conns, ct._hash(z, p, a, b, x, y, seed), z, p, a, b, x, y)
     if pos >= 0:
@@ -192,7 +207,7 @@ def _open_check(conns, index, stats, seed, w0, w1, w2, w3, flags):
     if not (ra == a and rb == b and rx == x and ry == y) \
             and ct._find(index, conns, ct._hash(z, p, ra, rb, rx, ry, seed), z, p, ra, rb, rx, ry) >= 0:
         return -1, 1
-    return -1, 0 if stats[ct.STAT_COUNT] < len(conns) else 1
+    return -1, 0 if stats[ct.STAT_COUNT] + pending < len(conns) else 1
 
 
 @jit
@@ -220,6 +235,8 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
     (its reference included)."""
     last = np.int64(-1)
     n_ports = len(peer)
+    open_table = np.empty(MAX_OPEN, np.int64)
+    open_ref = np.empty(MAX_OPEN, np.int64)
     for i in range(len(flow)):
         f = flow[i]
         s = np.int64(step[i])
@@ -254,7 +271,7 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
             ok = True
             n_rec = 0
             n_bytes = 0
-            opened = 0      # bit a: this packet inserts a connection in table a
+            n_open = 0      # the connections this packet inserts: their tables and references
             if steady and checked[d]:
                 tt = t + path_lat[d]
                 n_rec = path_rec[d]
@@ -279,17 +296,25 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
                     direction = ops[r, 3]
                     if a < 0 or a >= n_cts or ref < 0 or ref >= len(refs) or refs[ref, 0] < NEW_CONN \
                             or refs[ref, 0] >= len(cts[a]) or (direction != ct.ORIGINAL and direction != ct.REPLY) \
-                            or (refs[ref, 0] == NEW_CONN and (direction != ct.ORIGINAL or a >= 64)):
+                            or (refs[ref, 0] == NEW_CONN and direction != ct.ORIGINAL):
                         return -2 - r
                     if refs[ref, 0] == NEW_CONN:
+                        pending = 0
+                        meet = False
+                        for q in range(n_open):
+                            if open_table[q] == a:
+                                pending += 1
+                                meet |= _tuples_meet(refs, open_ref[q], ref)
                         c, busy = _open_check(cts[a], ct_index[a], ct_stats[a], ct_seeds[a], refs[ref, 1],
-                                              refs[ref, 2], refs[ref, 3], refs[ref, 4], flags)
-                        if busy or (c < 0 and (opened >> a) & 1) or (c >= 0 and not _same_tuples(
+                                              refs[ref, 2], refs[ref, 3], refs[ref, 4], flags, pending)
+                        if busy or meet or (c < 0 and n_open == MAX_OPEN) or (c >= 0 and not _same_tuples(
                                 cts[a][c], refs[ref, 1], refs[ref, 2], refs[ref, 3], refs[ref, 4])):
-                            ok = False   # a clash, no room, a second insert in the table, another reply tuple
+                            ok = False   # a clash (here or in the table), no room, another reply tuple
                             break
                         if c < 0:
-                            opened |= 1 << a
+                            open_table[n_open] = a
+                            open_ref[n_open] = ref
+                            n_open += 1
                             ref += 1
                             continue
                         refs[ref, 0] = c   # found: the flow's connection, checked below as any
@@ -334,7 +359,7 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
                     return -2 - r
             if not ok or tt >= horizon:   # nothing may happen to a table before the packet arrives
                 break
-            if steady and not checked[d] and opened == 0:   # a connection opened now is checked again
+            if steady and not checked[d] and n_open == 0:   # a connection opened now is checked again
                 checked[d] = True
                 path_lat[d] = tt - t
                 path_rec[d] = n_rec

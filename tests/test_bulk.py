@@ -279,6 +279,24 @@ def test_flow_cache_learns_both_directions_of_short_connections(tmp_path):
         assert getattr(r0, k) == getattr(r1, k), k
 
 
+def test_synacks_follow_paths_whose_teachers_ended(tmp_path):
+    """Connections one after the other (each ends before the next starts):
+    the SYN-ACK plan a path's first connection made outlives it
+    (FlowCache.learn_plans), so every later SYN-ACK on that path is
+    carried. Same outcome as without the cache."""
+    out = {}
+    for flow_cache in (False, True):
+        c = cluster(tmp_path, capture=False)
+        warm(c, "web:80", "tcp")
+        t = Traffic(c, ["default/client"], "web:80", protocol="tcp", flows=200, packets=1, rate_pps=20_000,
+                    flow_cache=flow_cache)
+        out[flow_cache] = (t.run(), t)
+    (r0, _), (r1, t1) = out[False], out[True]
+    assert r1.cached == 200 * (4 + 2) + 200 - len(t1._scouts) and len(t1._scouts) == len(r1.backends)
+    for k in ("packets", "delivered", "completed", "broken", "backends", "drops", "conntrack"):
+        assert getattr(r0, k) == getattr(r1, k), k
+
+
 def test_flow_cache_paths_too_long_stay_on_the_fast_path(tmp_path, monkeypatch):
     """A learner whose path needs more than MAX_ROWS rows (here 3) fails:
     no program, every packet on the fast path, the same outcome."""

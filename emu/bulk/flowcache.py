@@ -95,6 +95,7 @@ class FlowCache:
         self.refs = np.zeros((min(MAX_REFS, 2 * self.n * 5), REFS), np.int64)
         self._paths: dict[int, int] = {}          # a path's hash (kernels.program) -> its first row
         self._synack: dict[int, tuple | None] = {}  # a client path's first row -> its SYN-ACK plan (`adopt`)
+        self._fresh: list = []                      # keys compiled since the last learn_plans
         # learner slots: rows (kind, a, b, c, fingerprint), how many, the key, the state
         self._rows = {name: np.zeros((MAX_ROWS, 0), np.int64) for name in ROW}
         self._fill = np.zeros(0, np.int64)
@@ -117,6 +118,7 @@ class FlowCache:
         self._dead = 0                               # references of flows forgotten
         self._paths.clear()
         self._synack.clear()
+        self._fresh = []
         self._state[:] = FREE
         self._free[:] = np.arange(len(self._key) - 1, -1, -1)
         self._n_free = len(self._key)
@@ -213,6 +215,7 @@ class FlowCache:
             client = np.repeat(keys, fill)[cap] % 2 == 0
             a[cap], refs[at, 0], refs[at, 1] = self._templates(a[cap], client)
         self.ref_start[keys] = self._append_refs(refs) + np.cumsum(n_ref) - n_ref
+        self._fresh.append(keys)
         self.prog_start[keys] = self._share((kind, a, b, c), fill)
         self.prog_len[keys] = fill
 
@@ -380,7 +383,7 @@ class FlowCache:
         path[(self.prog_len[2 * f + 1] > 0) | traffic.cap[f]] = -1
         adopted = np.zeros(len(f), bool)
         for p in np.unique(path[path >= 0]).tolist():
-            plan = self._synack_plan(traffic, p)
+            plan = self._synack.get(p)
             if plan is None:
                 continue
             room = (MAX_REFS - (self._n_refs - self._dead)) // max(len(plan[2]), 1)   # within MAX_REFS, as learning
@@ -394,42 +397,34 @@ class FlowCache:
         self._dead += int(self._n_path_refs(keys).sum())
         self.prog_len[keys] = 0
 
-    def _synack_plan(self, traffic, path: int):
-        """For a client path: (the server path's first row and length, per
-        server reference the client reference it copies or -1 for an outer
-        flow, the outer flows' tuple words without their port), from a flow
-        that has both programs; None if none has yet, or if its server
-        references are not of those two kinds (then never: it is kept)."""
-        if path in self._synack:
-            return self._synack[path]
-        g = np.nonzero((self.prog_start[0::2] == path) & (self.prog_len[0::2] > 0) & (self.prog_len[1::2] > 0))[0]
-        if not len(g):
-            return None
-        g = int(g[0])
+    def _synack_plan(self, traffic, g: int):
+        """A SYN-ACK plan from flow g, that has both programs: (the server
+        path's first row and length, per server reference the client
+        reference it copies or -1 for an outer flow, the outer flows' tuple
+        words without their port); None if its server references are not of
+        those two kinds."""
         start, length = int(self.prog_start[2 * g + 1]), int(self.prog_len[2 * g + 1])
         rows = self.ops[start:start + length]
+        path = self.prog_start[2 * g]
         client = self.ops[path:path + self.prog_len[2 * g]]
-        plan = None
-        if not (rows[:, 0] == OP_CAP).any() and not (client[:, 0] == OP_CAP).any():
-            mine = self.refs[self.ref_start[2 * g]:self.ref_start[2 * g] + int((client[:, 0] == OP_CT).sum())]
-            theirs = self.refs[self.ref_start[2 * g + 1]:self.ref_start[2 * g + 1] + int((rows[:, 0] == OP_CT).sum())]
-            c_table, s_rows = client[client[:, 0] == OP_CT, 1], rows[rows[:, 0] == OP_CT]
-            port = _synack_ports(traffic, np.array([g]), self.engine.seed)[0]
-            copy = np.full(len(theirs), -1, np.int64)
-            words = theirs[:, 1:].copy()
-            ok = True
-            for j in range(len(theirs)):
-                same = np.nonzero((c_table == s_rows[j, 1]) & (mine[:, 0] == theirs[j, 0]))[0]
-                if len(same):
-                    copy[j] = same[0]
-                    continue
-                w = words[j].view(np.uint64)   # tuple_words: protocol, original sport, reply dport
-                ok &= bool(s_rows[j, 3] == 0 and ((w[0] >> 16) & 0xFF) == 17 and (w[2] & 0xFFFF) == port
-                           and (w[3] >> 48) == port)
-            if ok:
-                plan = (start, length, copy, words)
-        self._synack[path] = plan
-        return plan
+        if (rows[:, 0] == OP_CAP).any() or (client[:, 0] == OP_CAP).any():
+            return None
+        mine = self.refs[self.ref_start[2 * g]:self.ref_start[2 * g] + int((client[:, 0] == OP_CT).sum())]
+        theirs = self.refs[self.ref_start[2 * g + 1]:self.ref_start[2 * g + 1] + int((rows[:, 0] == OP_CT).sum())]
+        c_table, s_rows = client[client[:, 0] == OP_CT, 1], rows[rows[:, 0] == OP_CT]
+        port = _synack_ports(traffic, np.array([g]), self.engine.seed)[0]
+        copy = np.full(len(theirs), -1, np.int64)
+        words = theirs[:, 1:].copy()
+        for j in range(len(theirs)):
+            same = np.nonzero((c_table == s_rows[j, 1]) & (mine[:, 0] == theirs[j, 0]))[0]
+            if len(same):
+                copy[j] = same[0]
+                continue
+            w = words[j].view(np.uint64)   # tuple_words: protocol, original sport, reply dport
+            if not (s_rows[j, 3] == 0 and ((w[0] >> 16) & 0xFF) == 17 and (w[2] & 0xFFFF) == port
+                    and (w[3] >> 48) == port):
+                return None
+        return start, length, copy, words
 
     def _adopt(self, traffic, f, start, length, copy, words) -> None:
         n = len(copy)
@@ -447,6 +442,20 @@ class FlowCache:
         self.ref_start[keys] = base + n * np.arange(len(f))
         self.prog_start[keys] = start
         self.prog_len[keys] = length
+
+    def learn_plans(self, traffic) -> None:
+        """The SYN-ACK plans (`adopt`) of the client paths whose flows got
+        both programs since the last call: one per path, from one of them
+        (kept when it ends)."""
+        if not self._fresh:
+            return
+        g = np.unique(np.concatenate(self._fresh) // 2)
+        self._fresh = []
+        g = g[(self.prog_len[2 * g] > 0) & (self.prog_len[2 * g + 1] > 0) & ~traffic.cap[g]]
+        paths, first = np.unique(self.prog_start[2 * g], return_index=True)
+        for p, donor in zip(paths.tolist(), g[first].tolist()):
+            if p not in self._synack:
+                self._synack[p] = self._synack_plan(traffic, donor)
 
     # -- replay -----------------------------------------------------------------------------
     def run(self, traffic, f, s, t, end: int, horizon: int) -> rk.Result:

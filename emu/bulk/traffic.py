@@ -841,6 +841,7 @@ class Traffic:
             cache.stale(self.fast.batch)
             self._token = token
         cache.compile()
+        cache.learn_plans(self)
         f, s, t = self._synacks(f, s, t)
         key = 2 * f + _tcp_from_server(s)
         go = (s >= 1) & (s < self.steps) & cache.has(key)

@@ -29,8 +29,8 @@ from emu.dataplane import conntrack as dct
 from kernels import conntrack as ct
 from kernels import fdb as fdbk
 from kernels.frametpl import FIELD_BYTES
-from kernels.replay import (FULL, N_BYTES, N_REC, NEW_CONN, NEXT_ID, OP_CAP, OP_CT, OP_DELIVER, OP_ENCAP,
-                            OP_FDB_FWD, OP_FDB_LEARN, OP_LINK, Result)
+from kernels.replay import (FULL, MAX_OPEN, N_BYTES, N_REC, NEW_CONN, NEXT_ID, OP_CAP, OP_CT, OP_DELIVER,
+                            OP_ENCAP, OP_FDB_FWD, OP_FDB_LEARN, OP_LINK, Result)
 from tests.reference import flow as rflow
 from tests.reference import frametpl as rframe
 
@@ -113,12 +113,17 @@ def in_index(table, fields: dict):
     return None
 
 
+def _two_tuples(words):
+    w = words_tuple(*words)
+    return {k: w[k] for k in ORIG_FIELDS}, dict(zip(ORIG_FIELDS, (w[k] for k in REPLY_FIELDS)))
+
+
 def _open_check(table, words, flags, opened, a):
     """A NEW_CONN reference: (conn found holding its tuples as ORIGINAL, None),
-    (None, None) when the commit may insert it, or (None, why)."""
+    (None, None) when the commit may insert it, or (None, why). opened: the
+    (table, words) of what the packet inserts before it."""
     w = words_tuple(*words)
-    orig = {k: w[k] for k in ORIG_FIELDS}
-    reply = dict(zip(ORIG_FIELDS, (w[k] for k in REPLY_FIELDS)))
+    orig, reply = _two_tuples(words)
     hit = in_index(table, orig)
     if hit is not None:
         rec = table.conns[hit[0]]
@@ -129,7 +134,10 @@ def _open_check(table, words, flags, opened, a):
         return None, "ct_open_busy"
     if reply != orig and in_index(table, reply) is not None:
         return None, "ct_open_busy"
-    if int(table.stats[ct.STAT_COUNT]) >= len(table.conns) or a in opened:
+    mine = [ww for aa, ww in opened if aa == a]
+    if int(table.stats[ct.STAT_COUNT]) + len(mine) >= len(table.conns) or len(opened) == MAX_OPEN:
+        return None, "ct_open_busy"
+    if any(x in _two_tuples(ww) for ww in mine for x in (orig, reply)):
         return None, "ct_open_busy"
     return None, None
 
@@ -150,7 +158,7 @@ def _open(table, words, flags, now):
 def _check(rows, frefs, r0, t, horizon, flags, s, ops, cts, refs, fdbs, peer, latency, up, ip_ids, tpl):
     """The checks of one packet's program: (arrival, None) or (None, why)."""
     tt = t
-    opened = set()
+    opened = []
     for r, (kind, a, b, c, d), ref in zip(range(r0, r0 + len(rows)), rows, frefs):
         if kind == OP_LINK:
             if not 0 <= a < len(peer):
@@ -161,7 +169,7 @@ def _check(rows, frefs, r0, t, horizon, flags, s, ops, cts, refs, fdbs, peer, la
             tt += int(latency[a])
         elif kind == OP_CT:
             if ref is None or not (0 <= a < len(cts) and NEW_CONN <= ref[0] < len(cts[a].conns)) or c not in (0, 1) \
-                    or (ref[0] == NEW_CONN and (c != ct.ORIGINAL or a >= 64)):
+                    or (ref[0] == NEW_CONN and c != ct.ORIGINAL):
                 raise _bad(r, rows)
             conn = ref[0]
             if conn == NEW_CONN:
@@ -169,7 +177,7 @@ def _check(rows, frefs, r0, t, horizon, flags, s, ops, cts, refs, fdbs, peer, la
                 if why is not None:
                     return None, why
                 if conn is None:
-                    opened.add(a)
+                    opened.append((a, ref[1:5]))
                     continue
                 refs[ref[-1]][0] = conn
             rec = cts[a].conns[conn]
