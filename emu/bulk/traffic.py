@@ -30,12 +30,14 @@ expired and kube-proxy picked again) is what a server without that
 connection sees: the flow breaks (a real one would answer RST).
 
 Frames come from templates (kernels.flow.fill_frames). Everything unusual
-goes through the interactive devices, the handshake and what the flow cache
+goes through the interactive devices, the SYN and what the flow cache
 cannot carry through the fast path (emu.bulk.fastpath), and the rest of a
-TCP flow (the handshake's ACK, data, ACKs, teardown), once its SYN and
-SYN-ACK have shown the path each way, through the flow cache
-(emu.bulk.flowcache, kernels.replay): the same tables, each packet at its
-own time. The cache runs ahead of the window up to the engine's next event (HORIZON_NS at most); what it changes commutes
+TCP flow through the flow cache (emu.bulk.flowcache, kernels.replay): the
+SYN-ACK along the way back of a connection with the same client path (one
+scout per path teaches it through the fast path), then, the SYN and
+SYN-ACK having shown the path each way, the handshake's ACK, data, ACKs
+and teardown; the same tables, each packet at its own time. The cache runs
+ahead of the window up to the engine's next event (HORIZON_NS at most); what it changes commutes
 with the fast path's packets. `flow_cache=False` leaves it out: then the
 bytes are the interactive engine's exactly (with it, VXLAN outer IP ids of
 concurrent flows come in another order). `engine="interactive"` sends every
@@ -925,8 +927,9 @@ class Traffic:
     def _learners(self, b, idx, f, s) -> None:
         """Mark packets whose (flow, direction) has no program yet: the SYN and
         the SYN-ACK (what they do once, a conntrack entry and a NAT binding,
-        is then the path every packet after them takes), else any data
-        segment or ACK. A captured flow's client learns from the handshake's
+        is then the path every packet after them takes; a SYN-ACK on the
+        fast path is a scout, or one the cache could not carry), else any
+        data segment or ACK. A captured flow's client learns from the handshake's
         ACK instead of the SYN: its program holds its frames and comments,
         and a SYN's comments say NEW (emu.bulk.variants)."""
         server = _tcp_from_server(s)
