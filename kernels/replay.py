@@ -226,9 +226,9 @@ def _open(conns, index, free_ids, stats, seed, w0, w1, w2, w3, flags, now):
 
 @jit
 def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len, ops, ref_start, refs, cts, ct_index,
-            ct_free, ct_stats, ct_seeds, n_cts, fdb_entries, fdb_states, fdb_salts, n_fdbs, peer, latency, up, ip_ids, isn_c, isn_s, ipid_c, ipid_s, c_got,
-            echoes, tpl, cap_buf, cap_start, cap_len, cap_port, cap_time, cap_pkt, cap_note, cap_tpl, counts, out_step,
-            out_time, sent, lat):
+            ct_free, ct_stats, ct_seeds, n_cts, fdb_entries, fdb_states, fdb_salts, n_fdbs, peer, latency, up, ip_ids,
+            isn_c, isn_s, ipid_c, ipid_s, c_got, echoes, tpl, cap_buf, cap_start, cap_len, cap_port, cap_time, cap_pkt,
+            cap_note, cap_tpl, counts, out_step, out_time, sent, lat):
     """The loops of `replay` in one function (helpers taking the table tuples
     would pay reference counting on every call). Returns the last arrival
     (-1: none), or -2 - r when program row r refers to nothing that exists

@@ -121,7 +121,7 @@ class Decider:
                         explain[k] = d.explain
                 todo[sel] = False
         rest = np.nonzero(todo)[0]
-        args = (u, inv, infos, src, dst, dport, action, bip, bport, masq, explain, want_explain)
+        args = (inv, infos, src, dst, dport, action, bip, bport, masq, explain, want_explain)
         if len(rest) and self._one_run(rest, n_eps, *args):
             return action, bip, bport, masq, explain
         pos = 0
@@ -169,13 +169,13 @@ class Decider:
         """All the packets `rest` at once when every key among them is known
         as "random" with the same endpoint count: one run, one draw of the
         proxy's stream for all (as the loop of `decide` would do). False otherwise."""
-        counts = np.unique(n_eps[args[1][rest]])   # args[1]: each packet's key number
+        counts = np.unique(n_eps[args[0][rest]])   # args[0]: each packet's key number
         if len(counts) != 1 or counts[0] < 0:
             return False
         self._draw(rest, int(counts[0]), *args)
         return True
 
-    def _draw(self, run, n_eps, u, inv, infos, src, dst, dport, action, bip, bport, masq, explain,
+    def _draw(self, run, n_eps, inv, infos, src, dst, dport, action, bip, bport, masq, explain,
               want_explain) -> None:
         """The packets `run` (their keys "random" with n_eps endpoints each):
         one draw of the proxy's stream for all, in order; each packet's

@@ -10,7 +10,10 @@ given, collects each record's frame as tests.reference.frametpl builds it
 from the templates' bytes `tpl_buf`,
 every checksum from scratch (kernels.frametpl updates them
 incrementally). FDB entries are found by scanning the table for the MAC
-(no hashing).
+(no hashing); a NEW_CONN reference's tuples by scanning the conntrack
+index, and the connection it opens is inserted through
+kernels.conntrack.insert (tested against its own reference) with the
+state and timeout tests.reference.flow.ct_open gives.
 
 `replay` takes the kernel wrapper's arguments and mutates the same inputs
 the kernel does: conntrack records, FDB entries and clocks, the slot hints
