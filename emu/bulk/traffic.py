@@ -708,20 +708,22 @@ class Traffic:
             if self.capture != "off" and taps is None:
                 from emu.cluster import default_taps
                 eng.capture(default_taps(eng))
-            self.fast = FastPath(eng, self, 14 + 20 + 20 + self.payload + 50, window_ns=self.window)
-            if self.flow_cache and self.proto == TCP:
-                self.fast.cache = FlowCache(eng, self.n, payload=self.template[:self.payload],
-                                            kinds={k: self._kind_text(i) for i, k in enumerate(TCP_KINDS)})
-                self._token = None
-            self._pending = [first]
             # the run allocates many short-lived arrays: with the collector on, each of
             # its full passes walks every object of the process (costly after a big
             # heap, Scapy's say), and a bulk run makes no cycles to collect
             collecting = gc.isenabled()
             gc.disable()
+            # before the run's arrays are made: the flow cache's (its references: 8 MB for
+            # 10,000 flows) took a huge page each 2 MB, every first touch a ~7 ms stall
             huge = _hugepages(False)
             _keep_freed_memory()
             try:
+                self.fast = FastPath(eng, self, 14 + 20 + 20 + self.payload + 50, window_ns=self.window)
+                if self.flow_cache and self.proto == TCP:
+                    self.fast.cache = FlowCache(eng, self.n, payload=self.template[:self.payload],
+                                                kinds={k: self._kind_text(i) for i, k in enumerate(TCP_KINDS)})
+                    self._token = None
+                self._pending = [first]
                 self._loop(progress)
                 # the flow cache ran ahead of the last window: the clock goes on to
                 # the last delivery, as it would have with every packet in a window
