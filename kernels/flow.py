@@ -193,16 +193,23 @@ def _timeout(proto, state, seen_reply):
 
 
 @jit
+def first_state(proto, flags):
+    """(may open, state) of a packet without a connection, as the tracker
+    opens one: a TCP SYN in SYN_SENT, any other TCP packet that may start a
+    connection ESTABLISHED (nf_conntrack_tcp_loose), other protocols 0."""
+    p = np.int64(proto)
+    f = np.int64(flags)
+    if p != 6:
+        return True, np.int64(0)
+    return tcp_next(NONE, f, ct.ORIGINAL) >= 0, np.int64(SYN_SENT if (f & SYN) and not (f & ACK) else TCP_ESTABLISHED)
+
+
+@jit
 def _open(proto, flags, ok, state, timeout):
     for i in range(len(proto)):
-        p = np.int64(proto[i])
-        f = np.int64(flags[i])
-        s = 0
-        if p == 6:
-            s = SYN_SENT if (f & SYN) and not (f & ACK) else TCP_ESTABLISHED
-        ok[i] = not (p == 6 and tcp_next(NONE, f, ct.ORIGINAL) < 0)
+        ok[i], s = first_state(proto[i], flags[i])
         state[i] = s
-        timeout[i] = _timeout(p, s, False)
+        timeout[i] = _timeout(np.int64(proto[i]), s, False)
 
 
 def ct_open(proto, tcp_flags):

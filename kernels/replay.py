@@ -83,7 +83,7 @@ from kernels import _check
 from kernels import conntrack as ct
 from kernels import fdb as fdbk
 from kernels._jit import jit
-from kernels.flow import ACK, FIN, SYN, TCP_ESTABLISHED, _refresh, _timeout, tcp_next
+from kernels.flow import ACK, FIN, SYN, TCP_ESTABLISHED, _refresh, _timeout, first_state, tcp_next
 from kernels.frametpl import FIELD_BYTES, TPL, put_fields
 
 OP_LINK, OP_CT, OP_FDB_LEARN, OP_FDB_FWD, OP_ENCAP, OP_CAP, OP_DELIVER = 1, 2, 3, 4, 5, 6, 7
@@ -202,7 +202,7 @@ def _open_check(conns, index, stats, seed, w0, w1, w2, w3, flags, pending):
     if pos >= 0:
         word = index[pos]
         return (ct._slot_conn(word), 0) if ct._slot_direction(word) == ct.ORIGINAL else (-1, 1)
-    if p == 6 and tcp_next(0, flags, ct.ORIGINAL) < 0:
+    if not first_state(p, flags)[0]:
         return -1, 1
     if not (ra == a and rb == b and rx == x and ry == y) \
             and ct._find(index, conns, ct._hash(z, p, ra, rb, rx, ry, seed), z, p, ra, rb, rx, ry) >= 0:
@@ -213,12 +213,9 @@ def _open_check(conns, index, stats, seed, w0, w1, w2, w3, flags, pending):
 @jit
 def _open(conns, index, free_ids, stats, seed, w0, w1, w2, w3, flags, now):
     """Insert a NEW_CONN reference's connection (checked by _open_check) as
-    the conntrack hook opens one: a SYN in SYN_SENT, any other TCP packet
-    ESTABLISHED (nf_conntrack_tcp_loose), other protocols stateless."""
+    the conntrack hook opens one (kernels.flow.first_state)."""
     z, p, a, b, x, y, ra, rb, rx, ry = _words(w0, w1, w2, w3)
-    state = 0
-    if p == 6:
-        state = 1 if (flags & SYN) != 0 and (flags & ACK) == 0 else TCP_ESTABLISHED
+    state = first_state(p, flags)[1]
     return ct._insert_free(conns, index, free_ids, stats, ct._hash(z, p, a, b, x, y, seed),
                            ct._hash(z, p, ra, rb, rx, ry, seed), z, p, a, b, x, y, ra, rb, rx, ry, np.uint8(state),
                            now + _timeout(np.int64(p), state, False))
