@@ -62,12 +62,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import types
-from numba.core import cgutils
-from numba.core.extending import intrinsic
 
 from kernels import _check, drop
-from kernels._jit import jit
+from kernels._jit import jit, prefetch
 from kernels.hashing import hash5
 
 # Directions (enum ip_conntrack_dir).
@@ -347,24 +344,6 @@ def _conn_array(table, conn):
 
 # --- kernels: hashing and prefetching ----------------------------------------------
 
-@intrinsic
-def _prefetch(typingctx, arr, i):
-    """Hint the CPU to fetch arr[i]'s cache line (x86 PREFETCHT0). A prefetch
-    never faults and changes nothing, so it needs no bounds check."""
-    def codegen(context, builder, signature, args):
-        arr_type = signature.args[0]
-        array = context.make_array(arr_type)(context, builder, args[0])
-        item = cgutils.get_item_pointer(context, builder, arr_type, array, [args[1]], wraparound=False)
-        ptr = builder.bitcast(item, cgutils.voidptr_t)
-        ir = cgutils.ir  # llvmlite's IR builder, as numba itself uses it
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]), "llvm.prefetch.p0")
-        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
-        return context.get_dummy_value()
-    return types.void(arr, types.intp), codegen
-
-
 @jit
 def _hash(zone, proto, src, dst, sport, dport, seed):
     return hash5(src, dst, sport, dport, proto, seed + np.uint64(zone))
@@ -393,15 +372,15 @@ def _prefetch_ahead(conns, index, h_far, h_near, reply_h_near):
     packet will touch: its record if the slot's hash bits match, else (a new
     flow, probably) its reply tuple's home line. Hashes, not hash arrays, as
     arguments keep it small enough for LLVM to inline."""
-    _prefetch(index, _home(h_far, index))
+    prefetch(index, _home(h_far, index))
     word = index[_home(h_near, index)]
     hit = word != _EMPTY and (word >> _S32) == (h_near & _LOW32)
     # Two ifs, not if/else: numba then prunes the arrays' reference counting
     # out of the loop (an if/else leaves an atomic incref/decref per packet).
     if hit:
-        _prefetch(conns, _slot_conn(word))
+        prefetch(conns, _slot_conn(word))
     if not hit:
-        _prefetch(index, _home(reply_h_near, index))
+        prefetch(index, _home(reply_h_near, index))
 
 
 # --- kernels: the index ------------------------------------------------------------
@@ -677,7 +656,7 @@ def _track(conns, counters, index, free_ids, stats, seed, mode, zone, src, dst, 
         top = len(conns) - live - 1
         c = free_ids[top]
         if top > 0:
-            _prefetch(conns, free_ids[top - 1])  # the record the next insert will fill
+            prefetch(conns, free_ids[top - 1])  # the record the next insert will fill
         stats[STAT_COUNT] = live + 1
         stats[STAT_INSERT] += 1
         _fill(conns[c], zone[i], proto[i], src[i], dst[i], sport[i], dport[i],

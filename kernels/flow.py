@@ -29,7 +29,7 @@ import numpy as np
 
 from kernels import _check
 from kernels import conntrack as ct
-from kernels._jit import jit
+from kernels._jit import jit, prefetch
 from kernels.checksum import ipv4_header_checksum, l4_checksum
 from kernels.rewrite import _put16, _put32
 
@@ -323,6 +323,9 @@ def nat_tuple(table: ct.Table, conn, src, dst, sport, dport, source: bool):
     return (*out, changed)
 
 
+RENAT_AHEAD = 8   # connections: how far ahead _renat fetches index lines
+
+
 @jit
 def _renat(conns, counters, index, free_ids, stats, seed, conn, rsrc, rdst, rsport, rdport, now, out):
     z = np.zeros(1, np.uint16)
@@ -334,7 +337,15 @@ def _renat(conns, counters, index, free_ids, stats, seed, conn, rsrc, rdst, rspo
     a_state, a_timeout = np.zeros(1, np.uint8), np.zeros(1, np.int64)
     o_conn, o_dir = np.zeros(1, np.int32), np.zeros(1, np.int8)
     o_created, o_drop = np.zeros(1, np.bool_), np.zeros(1, np.uint8)
-    for i in range(len(conn)):
+    n = len(conn)
+    # the new reply tuples' hashes, to fetch their index lines RENAT_AHEAD connections ahead
+    reply_h = np.zeros(n + RENAT_AHEAD, np.uint64)
+    for i in range(n):
+        c = conn[i]
+        if c >= 0:
+            reply_h[i] = ct._hash(conns[c].zone, conns[c].proto, rsrc[i], rdst[i], rsport[i], rdport[i], seed)
+    for i in range(n):
+        prefetch(index, ct._home(reply_h[i + RENAT_AHEAD], index))
         out[i] = -1
         c = conn[i]
         if c < 0 or (conns[c].status & ct.IPS_CONFIRMED) == 0:
@@ -350,6 +361,20 @@ def _renat(conns, counters, index, free_ids, stats, seed, conn, rsrc, rdst, rspo
         mark = rec.mark
         ct._remove(conns, counters, index, free_ids, stats, seed, c)
         stats[ct.STAT_DELETED] += 1
+        # the common case, as _track's insert does it: both tuples free, room in the table
+        h = ct._hash(z[0], a_proto[0], a_src[0], a_dst[0], a_sport[0], a_dport[0], seed)
+        hr = ct._hash(z[0], a_proto[0], rsrc[i], rdst[i], rsport[i], rdport[i], seed)
+        same = rsrc[i] == a_src[0] and rdst[i] == a_dst[0] and rsport[i] == a_sport[0] and rdport[i] == a_dport[0]
+        if stats[ct.STAT_COUNT] < len(conns) \
+                and ct._find(index, conns, h, z[0], a_proto[0], a_src[0], a_dst[0], a_sport[0], a_dport[0]) < 0 \
+                and (same or ct._find(index, conns, hr, z[0], a_proto[0], rsrc[i], rdst[i], rsport[i],
+                                      rdport[i]) < 0):
+            new = ct._insert_free(conns, index, free_ids, stats, h, hr, z[0], a_proto[0], a_src[0],
+                                  a_dst[0], a_sport[0], a_dport[0], rsrc[i], rdst[i], rsport[i], rdport[i],
+                                  a_state[0], now + a_timeout[0])
+            conns[new].mark = mark
+            out[i] = new
+            continue
         r_src[0], r_dst[0], r_sport[0], r_dport[0] = rsrc[i], rdst[i], rsport[i], rdport[i]
         ct._track(conns, counters, index, free_ids, stats, seed, ct._INSERT, z, a_src, a_dst, a_sport, a_dport,
                   a_proto, r_src, r_dst, r_sport, r_dport, a_state, a_timeout, now,

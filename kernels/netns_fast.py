@@ -32,7 +32,7 @@ from kernels import _check, drop
 from kernels import conntrack as ct
 from kernels import flow
 from kernels import lpm
-from kernels._jit import jit
+from kernels._jit import FRAME_AHEAD, jit, prefetch
 from kernels.checksum import csum_replace16
 from kernels.hashing import udp_flow_src_port
 from kernels.rewrite import _get16, _put16, nat_one, vxlan_outer_one
@@ -298,8 +298,10 @@ def _pre_apply(conns, counters, index, free_ids, stats, seed, conn, direction, n
                 verdict[at[k]] = drop.CT_CLASH
             else:
                 conn[at[k]] = got[k]
-    # the DNAT hook's rewrite, from the entry
+    # the DNAT hook's rewrite, from the entry (the frames' headers fetched FRAME_AHEAD packets ahead)
     for i in range(n):
+        if i + FRAME_AHEAD < n:
+            prefetch(buf, start[i + FRAME_AHEAD] + np.int64(l4_off[i + FRAME_AHEAD]))
         if verdict[i] != 0:
             continue
         c = conn[i]
@@ -515,9 +517,9 @@ def _fwd_apply(conns, counters, index, free_ids, stats, seed, buf, start, length
     ahead = ct.PREFETCH_AHEAD
     for i in range(n):
         if i + ahead < n:   # the frame's first line and the line the outer header goes to
-            ct._prefetch(buf, start[i + ahead])
+            prefetch(buf, start[i + ahead])
             if if_vxlan[out_if[i + ahead]]:
-                ct._prefetch(buf, start[i + ahead] - 50)
+                prefetch(buf, start[i + ahead] - 50)
         p = start[i]
         l3 = p + np.int64(l3_off[i])
         old = _get16(buf, l3 + 8)

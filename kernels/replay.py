@@ -82,7 +82,7 @@ import numpy as np
 from kernels import _check
 from kernels import conntrack as ct
 from kernels import fdb as fdbk
-from kernels._jit import jit
+from kernels._jit import jit, prefetch
 from kernels.flow import ACK, FIN, SYN, TCP_ESTABLISHED, _refresh, _timeout, first_state, tcp_next
 from kernels.frametpl import FIELD_BYTES, TPL, put_fields
 
@@ -221,6 +221,36 @@ def _open(conns, index, free_ids, stats, seed, w0, w1, w2, w3, flags, now):
                            now + _timeout(np.int64(p), state, False))
 
 
+AHEAD = 8
+
+
+@jit
+def _prefetch_item(f, prog_start, prog_len, ops, ref_start, refs, cts, ct_index, ct_seeds, n_cts):
+    """Fetch what an item AHEAD will touch at its tables: its connections'
+    records, and the index lines where its NEW_CONN tuples are looked up."""
+    for d in range(2):
+        key = 2 * f + d
+        ref = ref_start[key]
+        first = prog_start[key]
+        for r in range(first, first + prog_len[key]):
+            kind = ops[r, 0]
+            if kind == OP_CT:
+                a = ops[r, 1]
+                if 0 <= a < n_cts and 0 <= ref < len(refs):
+                    c = refs[ref, 0]
+                    if c >= 0 and c < len(cts[a]):
+                        prefetch(cts[a], c)
+                    elif c == NEW_CONN:
+                        z, p, sa, sb, x, y, ra, rb, rx, ry = _words(refs[ref, 1], refs[ref, 2], refs[ref, 3],
+                                                                    refs[ref, 4])
+                        index = ct_index[a]
+                        prefetch(index, ct._home(ct._hash(z, p, sa, sb, x, y, ct_seeds[a]), index))
+                        prefetch(index, ct._home(ct._hash(z, p, ra, rb, rx, ry, ct_seeds[a]), index))
+                ref += 1
+            elif kind == OP_CAP:
+                ref += 1
+
+
 @jit
 def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len, ops, ref_start, refs, cts, ct_index,
             ct_free, ct_stats, ct_seeds, n_cts, fdb_entries, fdb_states, fdb_salts, n_fdbs, peer, latency, up, ip_ids,
@@ -234,17 +264,27 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
     n_ports = len(peer)
     open_table = np.empty(MAX_OPEN, np.int64)
     open_ref = np.empty(MAX_OPEN, np.int64)
+    checked = np.zeros(2, np.bool_)
+    path_lat = np.zeros(2, np.int64)
+    path_rec = np.zeros(2, np.int64)
+    path_bytes = np.zeros(2, np.int64)
+    seen = np.zeros(2, np.bool_)         # per direction: a packet of the item's flow passed the whole check
+    seen_lat = np.zeros(2, np.int64)
+    seen_rec = np.zeros(2, np.int64)
     for i in range(len(flow)):
+        if i + AHEAD < len(flow):
+            _prefetch_item(flow[i + AHEAD], prog_start, prog_len, ops, ref_start, refs, cts, ct_index, ct_seeds,
+                           n_cts)
         f = flow[i]
         s = np.int64(step[i])
         t = np.int64(time[i])
         last_step = 6 + 2 * k_data
         # per direction, once its program passed a check for a steady packet in this
         # call: the latency, records and bytes of its path (see "Checked once")
-        checked = np.zeros(2, np.bool_)
-        path_lat = np.zeros(2, np.int64)
-        path_rec = np.zeros(2, np.int64)
-        path_bytes = np.zeros(2, np.int64)
+        checked[0] = False
+        checked[1] = False
+        seen[0] = False
+        seen[1] = False
         while t < horizon and 1 <= s < last_step and counts[FULL] == 0:
             server = s == 1 or ((s % 2) == 0 and s >= 4)
             d = 1 if server else 0
@@ -274,6 +314,24 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
                 n_rec = path_rec[d]
                 n_bytes = path_bytes[d]
                 count_check = 0
+            elif seen[d]:   # see "Checked again"
+                tt = t + seen_lat[d]
+                n_rec = seen_rec[d]
+                n_bytes = n_rec * FIELD_BYTES
+                count_check = 0
+                ref = ref_start[key]
+                for r in range(first, first + count):
+                    kind = ops[r, 0]
+                    if kind == OP_CT:
+                        direction = ops[r, 3]
+                        rec = cts[ops[r, 1]][refs[ref, 0]]
+                        ref += 1
+                        if rec.expires <= horizon or (direction == ct.REPLY and (rec.status & ct.IPS_SEEN_REPLY) == 0) \
+                                or (rec.proto == 6 and tcp_next(np.int64(rec.state), flags, direction) < 0):
+                            ok = False
+                            break
+                    elif kind == OP_CAP:
+                        ref += 1
             else:
                 count_check = count
             # check: the path is still the program's, and valid for this packet
@@ -356,6 +414,10 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
                     return -2 - r
             if not ok or tt >= horizon:   # nothing may happen to a table before the packet arrives
                 break
+            if count_check:
+                seen[d] = True
+                seen_lat[d] = tt - t
+                seen_rec[d] = n_rec
             if steady and not checked[d] and n_open == 0:   # a connection opened now is checked again
                 checked[d] = True
                 path_lat[d] = tt - t
