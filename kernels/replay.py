@@ -71,6 +71,18 @@ in the call reuse the result (the path's latency, records and bytes),
 until a packet of the flow changes a TCP state (its timeout may be
 shorter); a teardown packet is always checked.
 
+Checked again: within one item, a packet of a direction whose program
+passed the whole check earlier in the item checks only what its flow's own
+packets may have changed since: each connection's TCP step for its flags,
+its expiry past the horizon (a new state may have a shorter timeout), and
+SEEN_REPLY on REPLY rows. Tuples, links, FDB ports and latencies stay as
+they were (the kernel never deletes, moves or takes down anything, and a
+refresh only moves a time later); records and bytes are the path's.
+
+Fetching ahead: the kernel fetches the records and NEW_CONN index lines of
+the item AHEAD places on while it works on this one, so their cache
+misses overlap.
+
 References: tests/reference/replay.py.
 """
 from __future__ import annotations
