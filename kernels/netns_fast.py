@@ -191,8 +191,10 @@ def _insert_firsts(conns, counters, index, free_ids, stats, seed, at, src, dst, 
     if an insert was refused (the checks rule that out)."""
     m = len(at)
     z = np.zeros(m, np.uint16)
+    hashes = ct._hashes(z, src, dst, sport, dport, proto, seed)
     for k in range(m):
-        h = ct._hash(np.uint16(0), proto[k], src[k], dst[k], sport[k], dport[k], seed)
+        prefetch(index, ct._home(hashes[k + ct.PREFETCH_AHEAD], index))
+        h = hashes[k]
         pos = ct._find(index, conns, h, np.uint16(0), proto[k], src[k], dst[k], sport[k], dport[k])
         if pos >= 0:   # not live, or the check would not have called it a first packet
             ct._expire_conn(conns, counters, index, free_ids, stats, seed, ct._slot_conn(index[pos]))
@@ -213,17 +215,17 @@ def _pre_check(conns, index, stats, seed, src, dst, sport, dport, proto, flags, 
                new, first):
     zone = np.zeros(len(src), np.uint16)
     hashes = ct._hashes(zone, src, dst, sport, dport, proto, seed)
-    rhashes = np.zeros(len(src), np.uint64)   # the inverse tuples' hashes, for the first packets
+    # the inverse tuples' hashes: a first packet looks its up (fetched ahead with the others)
+    rhashes = ct._hashes(zone, dst, src, dport, sport, proto, seed)
     ahead = ct.PREFETCH_AHEAD
     n_new = 0
     for i in range(len(src)):
-        ct._prefetch_ahead(conns, index, hashes[i + 2 * ahead], hashes[i + ahead], hashes[i + ahead])
+        ct._prefetch_ahead(conns, index, hashes[i + 2 * ahead], hashes[i + ahead], rhashes[i + ahead])
         c, d = _live_h(conns, index, hashes[i], src[i], dst[i], sport[i], dport[i], proto[i], now)
         if c < 0:   # a first packet: its entry made here, if it may open one and its inverse is free
             ok, _, _ = _open_state(proto[i], flags[i])
             if not ok:
                 return FAIL
-            rhashes[i] = ct._hash(np.uint16(0), proto[i], dst[i], src[i], dport[i], sport[i], seed)
             same = src[i] == dst[i] and sport[i] == dport[i]
             if not same and ct._find(index, conns, rhashes[i], np.uint16(0), proto[i], dst[i], src[i], dport[i],
                                      sport[i]) >= 0:
@@ -473,13 +475,16 @@ def _fwd_check(conns, index, stats, seed, fib, routes, route_dev, route_via, if_
             now_out = times[i]
     ahead = ct.PREFETCH_AHEAD
     hashes = np.zeros(n + 2 * ahead, np.uint64)
+    rhashes = np.zeros(n + 2 * ahead, np.uint64)   # the inverse tuples': a first packet looks its up
     for i in range(n):
         if if_vxlan[out_if[i]]:
             hashes[i] = ct._hash(np.uint16(0), np.uint8(17), np.uint32(local_ip), remote[i], np.uint16(osport[i]),
                                  np.uint16(vport), seed)
+            rhashes[i] = ct._hash(np.uint16(0), np.uint8(17), remote[i], np.uint32(local_ip), np.uint16(vport),
+                                  np.uint16(osport[i]), seed)
     n_miss = 0
     for i in range(n):
-        ct._prefetch_ahead(conns, index, hashes[i + 2 * ahead], hashes[i + ahead], hashes[i + ahead])
+        ct._prefetch_ahead(conns, index, hashes[i + 2 * ahead], hashes[i + ahead], rhashes[i + ahead])
         if not if_vxlan[out_if[i]]:
             continue
         c, d = _live_h(conns, index, hashes[i], np.uint32(local_ip), remote[i], np.uint16(osport[i]),
@@ -487,8 +492,7 @@ def _fwd_check(conns, index, stats, seed, fib, routes, route_dev, route_via, if_
         if c < 0:   # the outer flow's first packet: its entry made at OUTPUT, if its reply tuple is free
             if remote[i] == local_ip:
                 return FAIL
-            hr = ct._hash(np.uint16(0), np.uint8(17), remote[i], np.uint32(local_ip), np.uint16(vport),
-                          np.uint16(osport[i]), seed)
+            hr = rhashes[i]
             if ct._find(index, conns, hr, np.uint16(0), np.uint8(17), remote[i], np.uint32(local_ip),
                         np.uint16(vport), np.uint16(osport[i])) >= 0:
                 return FAIL
