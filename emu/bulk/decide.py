@@ -169,8 +169,8 @@ class Decider:
         """All the packets `rest` at once when every key among them is known
         as "random" with the same endpoint count: one run, one draw of the
         proxy's stream for all (as the loop of `decide` would do). False otherwise."""
-        counts = np.unique(n_eps[args[0][rest]])   # args[0]: each packet's key number
-        if len(counts) != 1 or counts[0] < 0:
+        counts = n_eps[args[0][rest]]   # args[0]: each packet's key number
+        if not len(counts) or counts[0] < 0 or not (counts == counts[0]).all():
             return False
         self._draw(rest, int(counts[0]), *args)
         return True
@@ -180,8 +180,11 @@ class Decider:
         """The packets `run` (their keys "random" with n_eps endpoints each):
         one draw of the proxy's stream for all, in order; each packet's
         endpoint is its key's endpoint at its pick."""
+        if not len(run):
+            return
         picks = self.kp._rng.integers(n_eps, size=len(run)) if n_eps > 1 else np.zeros(len(run), np.int64)
-        for j in np.unique(inv[run]).tolist():
+        keys = inv[run]
+        for j in ([int(keys[0])] if (keys == keys[0]).all() else np.unique(keys).tolist()):
             _, eps, base_masq, what = infos[j]
             sel = inv[run] == j
             k = run[sel]

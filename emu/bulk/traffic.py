@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from emu.bulk.fastpath import FastPath
-from emu.bulk.flowcache import FlowCache
+from emu.bulk.flowcache import FlowCache, distinct
 from emu.errors import EmuError
 from emu.wire import ipv4
 from kernels import conntrack as ct
@@ -435,7 +435,7 @@ class Traffic:
             self.broken[f[keep]] = True
 
     def handed_off(self, batch, idx) -> None:
-        for f in np.unique(batch.flow[idx]).tolist():
+        for f in distinct(batch.flow[idx]).tolist():
             if f >= 0:
                 self._bind_client(f)
 
@@ -466,7 +466,7 @@ class Traffic:
             self.srv_ip[fs], self.srv_port[fs] = dst[srv][ok], dport[srv][ok]
             self.peer_ip[fs], self.peer_port[fs] = src[srv][ok], sport[srv][ok]
             nf = fs[first[ok]]
-            self._backend_hits[ns.id] = self._backend_hits.get(ns.id, 0) + int(len(np.unique(nf)))
+            self._backend_hits[ns.id] = self._backend_hits.get(ns.id, 0) + len(distinct(nf))
             nxt = ss + 1
             live = (nxt < self.steps) & ~self.broken[fs]
             self._schedule(fs[live], nxt[live], t[live])
