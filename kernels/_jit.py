@@ -1,4 +1,4 @@
-"""The one place numba JIT flags come from.
+"""The one place numba JIT flags come from (and the prefetch hint kernels share).
 
 Every kernel is decorated with `jit` from here; no module passes its own
 flags (a test checks). Environment switches:
@@ -46,8 +46,9 @@ FRAME_AHEAD = 8   # packets: how far ahead a per-packet loop fetches the frames 
 
 @intrinsic
 def prefetch(typingctx, arr, i):
-    """Hint the CPU to fetch arr[i]'s cache line (x86 PREFETCHT0). A prefetch
-    never faults and changes nothing, so it needs no bounds check. Loops over
+    """Hint the CPU to fetch arr[i]'s cache line (x86 PREFETCHT0); arr is
+    one-dimensional (one index). A prefetch never faults and changes
+    nothing, so it needs no bounds check. Loops over
     a batch fetch a few packets ahead what they will read (index lines,
     records, frame headers): their misses then overlap instead of coming one
     after the other."""
