@@ -233,7 +233,7 @@ def _open(conns, index, free_ids, stats, seed, w0, w1, w2, w3, flags, now):
                            now + _timeout(np.int64(p), state, False))
 
 
-AHEAD = 8
+AHEAD = 8   # items: how far ahead the kernel fetches what an item will touch (see "Fetching ahead")
 
 
 @jit
