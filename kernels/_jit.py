@@ -41,7 +41,7 @@ def jit(fn=None, **overrides):
     return njit(**flags)(fn)
 
 
-FRAME_AHEAD = 8   # packets: how far ahead a per-packet loop fetches the frames it will read
+AHEAD = 8   # packets (items) between a loop fetching what one will read and reading it: see prefetch
 
 
 @intrinsic

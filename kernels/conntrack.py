@@ -64,7 +64,7 @@ from typing import NamedTuple
 import numpy as np
 
 from kernels import _check, drop
-from kernels._jit import jit, prefetch
+from kernels._jit import AHEAD, jit, prefetch
 from kernels.hashing import hash5
 
 # Directions (enum ip_conntrack_dir).
@@ -84,7 +84,6 @@ CT_CLASH_DROP = drop.CT_CLASH
 EARLY_DROP_RANGE = 8      # NF_CT_EVICTION_RANGE
 _NEEDS_ROOM = 255          # internal to inserts, never returned as a drop reason
 _LOOKUP, _INSERT, _LOOKUP_OR_INSERT = 0, 1, 2  # modes of the batch kernel
-PREFETCH_AHEAD = 8        # packets between fetching a slot and reading it (see _prefetch_ahead)
 MAX_CONNECTIONS = 1 << 30  # conn << 1 | direction must stay below 2**32 - 1
 MAX_TIME = (1 << 62) - 1   # now and timeouts; now + timeout fits in int64
 
@@ -351,9 +350,9 @@ def _hash(zone, proto, src, dst, sport, dport, seed):
 
 @jit
 def _hashes(zone, src, dst, sport, dport, proto, seed):
-    """Hash of each tuple, then 2 * PREFETCH_AHEAD zeros so the pipelined loops
+    """Hash of each tuple, then 2 * AHEAD zeros so the pipelined loops
     can read ahead without a bounds test."""
-    out = np.zeros(len(src) + 2 * PREFETCH_AHEAD, np.uint64)
+    out = np.zeros(len(src) + 2 * AHEAD, np.uint64)
     for i in range(len(src)):
         out[i] = _hash(zone[i], proto[i], src[i], dst[i], sport[i], dport[i], seed)
     return out
@@ -613,8 +612,8 @@ def _track(conns, counters, index, free_ids, stats, seed, mode, zone, src, dst, 
     hashes = _hashes(zone, src, dst, sport, dport, proto, seed)
     reply_hashes = hashes if mode == _LOOKUP else _hashes(zone, rsrc, rdst, rsport, rdport, proto, seed)
     for i in range(len(src)):
-        _prefetch_ahead(conns, index, hashes[i + 2 * PREFETCH_AHEAD], hashes[i + PREFETCH_AHEAD],
-                        reply_hashes[i + PREFETCH_AHEAD])
+        _prefetch_ahead(conns, index, hashes[i + 2 * AHEAD], hashes[i + AHEAD],
+                        reply_hashes[i + AHEAD])
         h = hashes[i]
         out_conn[i] = -1
         out_direction[i] = -1

@@ -84,7 +84,7 @@ from typing import NamedTuple
 import numpy as np
 
 from kernels import _check, drop
-from kernels._jit import FRAME_AHEAD, jit, prefetch
+from kernels._jit import AHEAD, jit, prefetch
 from kernels.hashing import mix64
 
 # Actions (bits of the `action` column); 0 is DROP.
@@ -386,8 +386,8 @@ def mac_at(buf, pos):
 @jit
 def _frame_macs(buf, starts, lengths, dst, src):
     for k in range(len(starts)):
-        if k + FRAME_AHEAD < len(starts):
-            prefetch(buf, starts[k + FRAME_AHEAD])
+        if k + AHEAD < len(starts):
+            prefetch(buf, starts[k + AHEAD])
         if lengths[k] < ETH_HLEN:
             dst[k] = _EMPTY
             src[k] = _EMPTY

@@ -29,7 +29,7 @@ import numpy as np
 
 from kernels import _check
 from kernels import conntrack as ct
-from kernels._jit import jit, prefetch
+from kernels._jit import AHEAD, jit, prefetch
 from kernels.checksum import ipv4_header_checksum, l4_checksum
 from kernels.rewrite import _put16, _put32
 
@@ -323,9 +323,6 @@ def nat_tuple(table: ct.Table, conn, src, dst, sport, dport, source: bool):
     return (*out, changed)
 
 
-RENAT_AHEAD = 8   # connections: how far ahead _renat fetches index lines
-
-
 @jit
 def _renat(conns, counters, index, free_ids, stats, seed, conn, rsrc, rdst, rsport, rdport, now, out):
     z = np.zeros(1, np.uint16)
@@ -338,14 +335,14 @@ def _renat(conns, counters, index, free_ids, stats, seed, conn, rsrc, rdst, rspo
     o_conn, o_dir = np.zeros(1, np.int32), np.zeros(1, np.int8)
     o_created, o_drop = np.zeros(1, np.bool_), np.zeros(1, np.uint8)
     n = len(conn)
-    # the new reply tuples' hashes, to fetch their index lines RENAT_AHEAD connections ahead
-    reply_h = np.zeros(n + RENAT_AHEAD, np.uint64)
+    # the new reply tuples' hashes, to fetch their index lines AHEAD connections on
+    reply_h = np.zeros(n + AHEAD, np.uint64)
     for i in range(n):
         c = conn[i]
         if c >= 0:
             reply_h[i] = ct._hash(conns[c].zone, conns[c].proto, rsrc[i], rdst[i], rsport[i], rdport[i], seed)
     for i in range(n):
-        prefetch(index, ct._home(reply_h[i + RENAT_AHEAD], index))
+        prefetch(index, ct._home(reply_h[i + AHEAD], index))
         out[i] = -1
         c = conn[i]
         if c < 0 or (conns[c].status & ct.IPS_CONFIRMED) == 0:

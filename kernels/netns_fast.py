@@ -32,7 +32,7 @@ from kernels import _check, drop
 from kernels import conntrack as ct
 from kernels import flow
 from kernels import lpm
-from kernels._jit import FRAME_AHEAD, jit, prefetch
+from kernels._jit import AHEAD, jit, prefetch
 from kernels.checksum import csum_replace16
 from kernels.hashing import udp_flow_src_port
 from kernels.rewrite import _get16, _put16, nat_one, vxlan_outer_one
@@ -193,7 +193,7 @@ def _insert_firsts(conns, counters, index, free_ids, stats, seed, at, src, dst, 
     z = np.zeros(m, np.uint16)
     hashes = ct._hashes(z, src, dst, sport, dport, proto, seed)
     for k in range(m):
-        prefetch(index, ct._home(hashes[k + ct.PREFETCH_AHEAD], index))
+        prefetch(index, ct._home(hashes[k + AHEAD], index))
         h = hashes[k]
         pos = ct._find(index, conns, h, np.uint16(0), proto[k], src[k], dst[k], sport[k], dport[k])
         if pos >= 0:   # not live, or the check would not have called it a first packet
@@ -217,10 +217,9 @@ def _pre_check(conns, index, stats, seed, src, dst, sport, dport, proto, flags, 
     hashes = ct._hashes(zone, src, dst, sport, dport, proto, seed)
     # the inverse tuples' hashes: a first packet looks its up (fetched ahead with the others)
     rhashes = ct._hashes(zone, dst, src, dport, sport, proto, seed)
-    ahead = ct.PREFETCH_AHEAD
     n_new = 0
     for i in range(len(src)):
-        ct._prefetch_ahead(conns, index, hashes[i + 2 * ahead], hashes[i + ahead], rhashes[i + ahead])
+        ct._prefetch_ahead(conns, index, hashes[i + 2 * AHEAD], hashes[i + AHEAD], rhashes[i + AHEAD])
         c, d = _live_h(conns, index, hashes[i], src[i], dst[i], sport[i], dport[i], proto[i], now)
         if c < 0:   # a first packet: its entry made here, if it may open one and its inverse is free
             ok, _, _ = _open_state(proto[i], flags[i])
@@ -300,10 +299,10 @@ def _pre_apply(conns, counters, index, free_ids, stats, seed, conn, direction, n
                 verdict[at[k]] = drop.CT_CLASH
             else:
                 conn[at[k]] = got[k]
-    # the DNAT hook's rewrite, from the entry (the frames' headers fetched FRAME_AHEAD packets ahead)
+    # the DNAT hook's rewrite, from the entry (the frames' headers fetched AHEAD packets on)
     for i in range(n):
-        if i + FRAME_AHEAD < n:
-            prefetch(buf, start[i + FRAME_AHEAD] + np.int64(l4_off[i + FRAME_AHEAD]))
+        if i + AHEAD < n:
+            prefetch(buf, start[i + AHEAD] + np.int64(l4_off[i + AHEAD]))
         if verdict[i] != 0:
             continue
         c = conn[i]
@@ -473,9 +472,8 @@ def _fwd_check(conns, index, stats, seed, fib, routes, route_dev, route_via, if_
         o_nb[i] = jj
         if times[i] > now_out:
             now_out = times[i]
-    ahead = ct.PREFETCH_AHEAD
-    hashes = np.zeros(n + 2 * ahead, np.uint64)
-    rhashes = np.zeros(n + 2 * ahead, np.uint64)   # the inverse tuples': a first packet looks its up
+    hashes = np.zeros(n + 2 * AHEAD, np.uint64)
+    rhashes = np.zeros(n + 2 * AHEAD, np.uint64)   # the inverse tuples': a first packet looks its up
     for i in range(n):
         if if_vxlan[out_if[i]]:
             hashes[i] = ct._hash(np.uint16(0), np.uint8(17), np.uint32(local_ip), remote[i], np.uint16(osport[i]),
@@ -484,7 +482,7 @@ def _fwd_check(conns, index, stats, seed, fib, routes, route_dev, route_via, if_
                                   np.uint16(osport[i]), seed)
     n_miss = 0
     for i in range(n):
-        ct._prefetch_ahead(conns, index, hashes[i + 2 * ahead], hashes[i + ahead], rhashes[i + ahead])
+        ct._prefetch_ahead(conns, index, hashes[i + 2 * AHEAD], hashes[i + AHEAD], rhashes[i + AHEAD])
         if not if_vxlan[out_if[i]]:
             continue
         c, d = _live_h(conns, index, hashes[i], np.uint32(local_ip), remote[i], np.uint16(osport[i]),
@@ -518,12 +516,11 @@ def _fwd_apply(conns, counters, index, free_ids, stats, seed, buf, start, length
                vport, vni, ttl, now_out):
     n = len(out_if)
     j = 0
-    ahead = ct.PREFETCH_AHEAD
     for i in range(n):
-        if i + ahead < n:   # the frame's first line and the line the outer header goes to
-            prefetch(buf, start[i + ahead])
-            if if_vxlan[out_if[i + ahead]]:
-                prefetch(buf, start[i + ahead] - 50)
+        if i + AHEAD < n:   # the frame's first line and the line the outer header goes to
+            prefetch(buf, start[i + AHEAD])
+            if if_vxlan[out_if[i + AHEAD]]:
+                prefetch(buf, start[i + AHEAD] - 50)
         p = start[i]
         l3 = p + np.int64(l3_off[i])
         old = _get16(buf, l3 + 8)

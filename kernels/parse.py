@@ -95,7 +95,7 @@ from numba.core import types
 from numba.extending import intrinsic
 
 from kernels import _check, drop
-from kernels._jit import BOUNDSCHECK, FRAME_AHEAD, jit, prefetch
+from kernels._jit import AHEAD, BOUNDSCHECK, jit, prefetch
 
 # -- flags -------------------------------------------------------------------
 HAS_VLAN = 1 << 0        # one 802.1Q tag
@@ -334,9 +334,9 @@ def _parse(buf, starts, lengths, ports, out):
                 or np.uint64(lengths[i]) > np.uint64(size - starts[i])):
             return i
     for i in range(len(starts)):
-        if i + FRAME_AHEAD < len(starts):   # the headers of a frame ahead: at most two lines
-            prefetch(buf, starts[i + FRAME_AHEAD])
-            prefetch(buf, starts[i + FRAME_AHEAD] + 64)
+        if i + AHEAD < len(starts):   # the headers of a frame ahead: at most two lines
+            prefetch(buf, starts[i + AHEAD])
+            prefetch(buf, starts[i + AHEAD] + 64)
         s = starts[i]
         n = lengths[i]
         code = 0

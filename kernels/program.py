@@ -26,7 +26,7 @@ import numpy as np
 
 from kernels import _check
 from kernels import conntrack as ct
-from kernels._jit import jit, prefetch
+from kernels._jit import AHEAD, jit, prefetch
 from kernels.replay import OP_CAP, OP_CT, OP_DELIVER, OPS, REFS
 
 MIX = np.uint64(0xBF58476D1CE4E5B9)
@@ -155,11 +155,10 @@ def _gather(kinds, col_a, col_b, col_c, col_fp, slots, fill, used, cts, n_cts, k
     deepest = 0
     for g in range(n):
         deepest = max(deepest, fill[g])
-    ahead = ct.PREFETCH_AHEAD
     for r in range(deepest):
         for g in range(n):
-            if g + ahead < n and r < fill[g + ahead]:   # the record a learner ahead stepped here
-                q = slots[g + ahead]
+            if g + AHEAD < n and r < fill[g + AHEAD]:   # the record a learner AHEAD on stepped here
+                q = slots[g + AHEAD]
                 t = col_a[r, q]
                 if kinds[r, q] == OP_CT and 0 <= t < n_cts:
                     prefetch(cts[t], col_b[r, q])

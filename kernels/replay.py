@@ -94,7 +94,7 @@ import numpy as np
 from kernels import _check
 from kernels import conntrack as ct
 from kernels import fdb as fdbk
-from kernels._jit import jit, prefetch
+from kernels._jit import AHEAD, jit, prefetch
 from kernels.flow import ACK, FIN, SYN, TCP_ESTABLISHED, _refresh, _timeout, first_state, tcp_next
 from kernels.frametpl import FIELD_BYTES, TPL, put_fields
 
@@ -233,9 +233,6 @@ def _open(conns, index, free_ids, stats, seed, w0, w1, w2, w3, flags, now):
                            now + _timeout(np.int64(p), state, False))
 
 
-AHEAD = 8   # items: how far ahead the kernel fetches what an item will touch (see "Fetching ahead")
-
-
 @jit
 def _prefetch_item(f, prog_start, prog_len, ops, ref_start, refs, cts, ct_index, ct_seeds, n_cts):
     """Fetch what an item AHEAD will touch at its tables: its connections'
@@ -326,7 +323,8 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
                 n_rec = path_rec[d]
                 n_bytes = path_bytes[d]
                 count_check = 0
-            elif seen[d]:   # see "Checked again"
+            elif seen[d]:   # see "Checked again". The conditions are the whole check's (below), written
+                # out in both places: a helper taking the record made the kernel 12% slower
                 tt = t + seen_lat[d]
                 n_rec = seen_rec[d]
                 n_bytes = n_rec * FIELD_BYTES

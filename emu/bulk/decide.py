@@ -186,7 +186,7 @@ class Decider:
         keys = inv[run]
         for j in ([int(keys[0])] if (keys == keys[0]).all() else np.unique(keys).tolist()):
             _, eps, base_masq, what = infos[j]
-            sel = inv[run] == j
+            sel = keys == j
             k = run[sel]
             pk = picks[sel]
             ips = np.array([ipv4.aton(ep.ip) for ep in eps], np.uint32)

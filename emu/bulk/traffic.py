@@ -38,11 +38,11 @@ scout per path teaches it through the fast path), then, the SYN and
 SYN-ACK having shown the path each way, the handshake's ACK, data, ACKs
 and teardown; the same tables, each packet at its own time. The cache runs
 ahead of the window up to the engine's next event (HORIZON_NS at most);
-what it changes commutes with the fast path's packets. `flow_cache=False` leaves it out: then the
-bytes are the interactive engine's exactly (with it, VXLAN outer IP ids of
-concurrent flows come in another order). `engine="interactive"` sends every
-packet through the interactive engine (the baseline, and the reference the
-tests compare with).
+what it changes commutes with the fast path's packets. `flow_cache=False`
+leaves it out: then the bytes are the interactive engine's exactly (with
+it, VXLAN outer IP ids of concurrent flows come in another order).
+`engine="interactive"` sends every packet through the interactive engine
+(the baseline, and the reference the tests compare with).
 
 Virtual time: flows start `1 / flow rate` apart from the engine's current
 time (flow rate = rate_pps / packets per flow; or spread over duration_ns;
