@@ -65,6 +65,7 @@ import numpy as np
 
 from kernels import _check, drop
 from kernels._jit import AHEAD, jit, prefetch
+from kernels._memory import small_pages
 from kernels.hashing import hash5
 
 # Directions (enum ip_conntrack_dir).
@@ -154,10 +155,12 @@ def make_table(max_connections: int, seed: int = 0) -> Table:
     """An empty table for at most `max_connections` (nf_conntrack_max)."""
     capacity = _check.integer(max_connections, "max_connections", 1, MAX_CONNECTIONS)
     seed = _check.integer(seed, "seed", 0, (1 << 64) - 1)
-    conns = _aligned_zeros(capacity, CONN_DTYPE)
+    with small_pages():   # first touched insert by insert, on the data path (kernels._memory)
+        conns = _aligned_zeros(capacity, CONN_DTYPE)
+        counters = np.zeros((capacity, 4), np.uint64)
     return Table(
         conns=conns,
-        counters=np.zeros((capacity, 4), np.uint64),
+        counters=counters,
         index=np.full(index_slots(capacity), _EMPTY, np.uint64),
         free_ids=np.arange(capacity - 1, -1, -1, dtype=np.int32),  # id 0 on top
         stats=np.zeros(len(STAT_NAMES), np.int64),

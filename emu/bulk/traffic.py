@@ -65,6 +65,7 @@ from emu.errors import EmuError
 from emu.wire import ipv4
 from kernels import conntrack as ct
 from kernels import flow as fk
+from kernels._memory import hugepages
 
 TCP, UDP = 6, 17
 SYN, ACK, FIN, PSH = 0x02, 0x10, 0x01, 0x08
@@ -127,21 +128,6 @@ def _tcp_from_server(s) -> np.ndarray:
     """Which TCP steps the server sends: the SYN-ACK, the ACKs of the data
     (even steps from 4) and the FIN-ACK (4 + 2K)."""
     return (s == 1) | ((s % 2 == 0) & (s >= 4))
-
-
-def _hugepages(on):
-    """Whether numpy asks the kernel for transparent huge pages for its large
-    arrays (madvise MADV_HUGEPAGE): set it (None: leave it), return what it was.
-    A bulk run turns it off. With THP's defrag=madvise (a common default), the
-    first touch of such an array may stall in direct compaction: on the
-    2-core VM, first-touching 400 MB took 0.98 s that way and 0.2 s with 4 KiB
-    pages, and the full-capture benchmark ran at 0.6-1.0 M packets/s with
-    huge pages and 1.1-1.5 M without (notes of issue 6)."""
-    try:
-        from numpy._core.multiarray import _set_madvise_hugepage
-    except ImportError:   # another numpy layout: leave it as it is
-        return None
-    return None if on is None else _set_madvise_hugepage(on)
 
 
 @functools.cache
@@ -715,7 +701,7 @@ class Traffic:
             gc.disable()
             # before the run's arrays are made: the flow cache's (its references: 8 MB for
             # 10,000 flows) took a huge page each 2 MB, every first touch a ~7 ms stall
-            huge = _hugepages(False)
+            huge = hugepages(False)
             _keep_freed_memory()
             try:
                 self.fast = FastPath(eng, self, 14 + 20 + 20 + self.payload + 50, window_ns=self.window)
@@ -729,7 +715,7 @@ class Traffic:
                 # the last delivery, as it would have with every packet in a window
                 eng.run(until_ns=max(eng.now, self._last))
             finally:
-                _hugepages(huge)
+                hugepages(huge)
                 if collecting:
                     gc.enable()
         virtual = max(self._last - v0, 0)
