@@ -64,8 +64,17 @@ def _used(used) -> np.ndarray:
     return used
 
 
+BAD_IDX, BAD_SLOT = -1, -2   # _log's answers for arguments the wrapper refuses
+
+
 @jit
 def _log(learn, idx, kinds, col_a, col_b, col_c, col_fp, fill, state, kind, a, b, c, fp, used):
+    # the arguments first, nothing written yet (one pass here is cheaper than numpy's three)
+    for i in range(len(idx)):
+        if idx[i] < 0 or idx[i] >= len(learn):
+            return BAD_IDX
+        if learn[idx[i]] >= len(fill):
+            return BAD_SLOT
     ended = False
     ends = kind == OP_DELIVER or kind == OP_FAIL
     u = 0 <= kind < used.shape[0]
@@ -93,7 +102,7 @@ def _log(learn, idx, kinds, col_a, col_b, col_c, col_fp, fill, state, kind, a, b
             state[s] = DELIVERED if kind == OP_DELIVER else FAILED
             learn[idx[i]] = -1
             ended = True
-    return ended
+    return 1 if ended else 0
 
 
 def log(learn, idx, kinds, col_a, col_b, col_c, col_fp, fill, state, kind: int, a, b, c, fp, used) -> bool:
@@ -105,22 +114,23 @@ def log(learn, idx, kinds, col_a, col_b, col_c, col_fp, fill, state, kind: int, 
     (learn -1). Returns whether a learner ended."""
     learn = _check.updated(learn, "learn", np.int32)
     idx = _check.array(idx, "idx", np.int64)
-    _check.in_range(idx, "idx", 0, len(learn) - 1)
     kinds, *cols = _log_arrays(_check.updated, kinds, col_a, col_b, col_c, col_fp)
     fill = _check.updated(fill, "fill", np.int64)
     state = _check.updated(state, "state", np.int8)
     _check.same_length(fill=fill, state=state)
     if kinds.shape[1] != len(fill):
         raise ValueError("kinds: one column per learner slot")
-    slots = learn[idx]
-    if len(slots) and slots.max() >= len(fill):
-        raise ValueError("learn: a slot past the learners")
     values = [_check.array(x, name, np.int64) for x, name in ((a, "a"), (b, "b"), (c, "c"), (fp, "fp"))]
     for x, name in zip(values, ("a", "b", "c", "fp")):
         if len(x) not in (1, len(idx)):
             raise ValueError(f"{name}: one value, or one per packet")
     used = _used(used)
-    return bool(_log(learn, idx, kinds, *cols, fill, state, np.int64(kind), *values, used))
+    got = _log(learn, idx, kinds, *cols, fill, state, np.int64(kind), *values, used)
+    if got == BAD_IDX:
+        raise ValueError(f"idx: values must be in [0, {len(learn) - 1}]")
+    if got == BAD_SLOT:
+        raise ValueError("learn: a slot past the learners")
+    return bool(got)
 
 
 @jit

@@ -196,6 +196,10 @@ def test_wrappers_validate():
     with pytest.raises(ValueError, match="learn: a slot"):
         program.log(learn + 3, np.zeros(1, np.int64), z, z, z, z, z, fill, state, 1, one[:1], one[:1], one[:1],
                     one[:1], USED)
+    with pytest.raises(ValueError, match="idx"):
+        program.log(learn, np.array([2], np.int64), z, z, z, z, z, fill, state, 1, one[:1], one[:1], one[:1],
+                    one[:1], USED)
+    assert (fill == 0).all()   # a refused call writes nothing
     with pytest.raises(ValueError, match="used"):
         program.log(learn, np.zeros(1, np.int64), z, z, z, z, z, fill, state, 1, one[:1], one[:1], one[:1],
                     one[:1], USED[:, :3])
