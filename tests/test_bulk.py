@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from emu.bulk import Traffic, set_conntrack_max
 from emu.cluster import Cluster
@@ -553,19 +551,6 @@ def test_interactive_packets_share_the_tables(tmp_path):
     sports = {e["orig_sport"] for e in entries if e["proto"] == 17}
     # sport 32769 is bulk flow 1's: the interactive datagram hit its connection (same tuple) and was DNATed alike
     assert 32769 in sports and 33001 in sports
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), min_size=1, max_size=60))
-def test_decider_key_pairs_equal_numpy_unique(pairs):
-    """The Decider's unique (source+destination, protocol+port) keys and
-    each packet's key number are np.unique's along the rows."""
-    from emu.bulk.decide import _unique_pairs
-    a = np.array([x << 40 | 7 for x, _ in pairs], np.uint64)
-    b = np.array([y for _, y in pairs], np.uint64)
-    u, inv = _unique_pairs(a, b)
-    want_u, want_inv = np.unique(np.stack([a, b], axis=1), axis=0, return_inverse=True)
-    assert np.array_equal(u, want_u) and np.array_equal(inv, want_inv.reshape(-1))
 
 
 def test_decider_equals_kube_proxy_per_packet(tmp_path):

@@ -23,6 +23,7 @@ import numpy as np
 
 from emu.control.kubeproxy import DNAT, DROP, NONE, REJECT
 from emu.wire import ipv4
+from kernels import distinct
 from kernels.netns_fast import A_DNAT, A_DROP, A_NONE, A_REJECT  # one numbering, the fused kernels' too
 
 _CODE = {NONE: A_NONE, DNAT: A_DNAT, REJECT: A_REJECT, DROP: A_DROP}
@@ -49,7 +50,7 @@ class Decider:
         a = (src.astype(np.uint64) << np.uint64(32)) | dst.astype(np.uint64)
         c = (proto.astype(np.uint64) << np.uint64(16)) | dport.astype(np.uint64)
         keys = [(int(a[0]), int(c[0]))] if (a == a[0]).all() and (c == c[0]).all() \
-            else _unique_pairs(a, c)[0].tolist()
+            else distinct.pairs(a, c)[0].tolist()
         for ka, kc in keys:
             key = (ka >> 32, kc >> 16, ka & 0xFFFFFFFF, kc & 0xFFFF, hook)
             info = self._cache.get(key)
@@ -103,23 +104,28 @@ class Decider:
         if (packed == packed[0]).all() and (packed2 == packed2[0]).all():  # one key: no sort
             u, inv = np.array([[packed[0], packed2[0]]], np.uint64), np.zeros(n, np.int64)
         else:
-            u, inv = _unique_pairs(packed, packed2)
+            u, inv = distinct.pairs(packed, packed2)
         infos = [self._cache.get(_key(a, c, hook)) for a, c in u.tolist()]
         # per key: its endpoint count if its packets draw one ("random"), else -1
         n_eps = np.array([_n_random(info) for info in infos], np.int64)
         todo = np.ones(n, bool)
-        for j, info in enumerate(infos):
-            if info is not None and info[0] == "static":
-                sel = inv == j
-                d = info[1]
-                action[sel] = _CODE[d.action]
-                masq[sel] = d.masquerade
+        static = [j for j, info in enumerate(infos) if info is not None and info[0] == "static"]
+        if static:   # per key, then gathered for the packets
+            k = len(infos)
+            is_static, act_k, masq_k = np.zeros(k, bool), np.zeros(k, np.uint8), np.zeros(k, bool)
+            bip_k, bport_k = np.zeros(k, np.uint32), np.zeros(k, np.uint16)
+            for j in static:
+                d = infos[j][1]
+                is_static[j], act_k[j], masq_k[j] = True, _CODE[d.action], d.masquerade
                 if d.backend is not None:
-                    bip[sel], bport[sel] = ipv4.aton(d.backend[0]), d.backend[1]
+                    bip_k[j], bport_k[j] = ipv4.aton(d.backend[0]), d.backend[1]
                 if want_explain is not None and d.action == DNAT:
-                    for k in np.nonzero(sel & want_explain)[0].tolist():
-                        explain[k] = d.explain
-                todo[sel] = False
+                    for i in np.nonzero((inv == j) & want_explain)[0].tolist():
+                        explain[i] = d.explain
+            sel = np.nonzero(is_static[inv])[0]
+            keys = inv[sel]
+            action[sel], masq[sel], bip[sel], bport[sel] = act_k[keys], masq_k[keys], bip_k[keys], bport_k[keys]
+            todo[sel] = False
         rest = np.nonzero(todo)[0]
         args = (inv, infos, src, dst, dport, action, bip, bport, masq, explain, want_explain)
         if len(rest) and self._one_run(rest, n_eps, *args):
@@ -208,19 +214,6 @@ class Decider:
             bip[i], bport[i] = ipv4.aton(d.backend[0]), d.backend[1]
         if want_explain is not None and want_explain[i]:
             explain[i] = d.explain
-
-
-def _unique_pairs(a, b):
-    """np.unique(np.stack([a, b], axis=1), axis=0, return_inverse=True) for
-    two uint64 columns, through a lexsort (unique along an axis sorts rows
-    as bytes: ten times slower for a batch of first packets)."""
-    order = np.lexsort((b, a))
-    sa, sb = a[order], b[order]
-    new = np.ones(len(a), bool)
-    new[1:] = (sa[1:] != sa[:-1]) | (sb[1:] != sb[:-1])
-    inv = np.empty(len(a), np.int64)
-    inv[order] = np.cumsum(new) - 1
-    return np.stack([sa[new], sb[new]], axis=1), inv
 
 
 def _key(a: int, c: int, hook: str) -> tuple:
