@@ -34,9 +34,14 @@ def test_pairs_as_numpy_unique_on_a_burst():
     keys, inverse = distinct.pairs(a, c)
     want, want_inverse = np.unique(np.stack([a, c], axis=1), axis=0, return_inverse=True)
     assert (keys == want).all() and (inverse == want_inverse.reshape(-1)).all()
-    a = rng.integers(0, 2**64, 5_000, dtype=np.uint64)   # all distinct: the table grows to fit
-    keys, inverse = distinct.pairs(a, a)
-    assert len(keys) == len(np.unique(a)) and (keys[inverse, 0] == a).all()
+    # more keys than are hashed (sorted instead), repeated; and just within
+    for n_keys in (distinct.MAX_HASHED + 1, distinct.MAX_HASHED):
+        pool = rng.integers(0, 2**64, n_keys, dtype=np.uint64)
+        a = np.concatenate([pool, rng.choice(pool, 3_000)])
+        c = a % np.uint64(3)
+        keys, inverse = distinct.pairs(a, c)
+        want, want_inverse = np.unique(np.stack([a, c], axis=1), axis=0, return_inverse=True)
+        assert (keys == want).all() and (inverse == want_inverse.reshape(-1)).all()
 
 
 def test_pairs_validates():
