@@ -286,31 +286,22 @@ class FastPath:
             self.engine.taps.set_notes(np.stack([rec[0], np.arange(len(rec[1]))]), np.asarray(notes)[rec[1]])
 
     # -- links -----------------------------------------------------------------------
-    def transmit(self, device, ports, idx, times, notes) -> None:
+    def transmit(self, device, port: int, idx, times, notes) -> None:
+        """Send packets out of one port: the link's latency, or LINK_DOWN."""
         if not len(idx):
             return
-        ports = np.broadcast_to(np.asarray(ports, np.int32), (len(idx),)).copy()
-        self._record(ports, idx, times, notes)
+        self._record(port, idx, times, notes)
         b = self.batch
         b.mark[idx] = 0
         b.ct[idx] = -1
         b.ctinfo[idx] = 0
         peer, latency, device_of, up = self.engine._arrays()
-        dst = peer[ports]
-        ok = (dst >= 0) & up[ports]
-        ok[ok] &= up[dst[ok]]
-        if not ok.all():
-            bad = ~ok
-            owners = device_of[ports[bad]]
-            for dev in _values(owners):
-                self.drop(self.engine.devices[dev], idx[bad][owners == dev], Drop.LINK_DOWN)
-            ports, idx, times, dst = ports[ok], idx[ok], times[ok], dst[ok]
-        self._log(idx, OP_LINK, ports)
-        arrive = times + latency[ports]
-        owner = device_of[dst]
-        for dev in _values(owner):
-            sel = owner == dev
-            self._push(dev, dst[sel], idx[sel], arrive[sel])
+        dst = int(peer[port])
+        if dst < 0 or not up[port] or not up[dst]:
+            self.drop(device, idx, Drop.LINK_DOWN)
+            return
+        self._log(idx, OP_LINK, port)
+        self._push(int(device_of[dst]), np.full(len(idx), dst, np.int32), idx, times + latency[port])
 
     def observe(self, port, idx, times, notes) -> None:
         self._record(port, idx, times, notes)
