@@ -11,6 +11,13 @@ Past MAX_HASHED distinct keys it sorts instead, as np.unique would.
       pair: what np.unique(np.stack([a, c], 1), axis=0, return_inverse=True)
       gives.
 
+  values(x) -> keys
+      np.unique(x) for an integer array of many distinct values (flow
+      numbers): sorted, then the first of each run. numpy 2's np.unique
+      finds values through a hash table, ~5x slower for 20,000 distinct
+      int64 (2.6 ms against 0.6 ms); for a few distinct values np.unique
+      is the faster.
+
 References: tests/reference/distinct.py.
 """
 from __future__ import annotations
@@ -88,3 +95,11 @@ def pairs(a, c):
     rank = np.empty(k, np.int64)
     rank[order] = np.arange(k)
     return np.stack([key_a[:k][order], key_c[:k][order]], axis=1), rank[inverse]
+
+
+def values(x) -> np.ndarray:
+    """See the module docstring."""
+    u = np.sort(x)
+    if len(u) > 1:
+        u = u[np.concatenate(([True], u[1:] != u[:-1]))]
+    return u

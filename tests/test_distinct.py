@@ -44,6 +44,13 @@ def test_pairs_as_numpy_unique_on_a_burst():
         assert (keys == want).all() and (inverse == want_inverse.reshape(-1)).all()
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-2**63, 2**63 - 1), max_size=100), st.integers(1, 5))
+def test_values_equal_numpy_unique(xs, repeat):
+    x = np.array(xs * repeat, np.int64)
+    assert np.array_equal(distinct.values(x), np.unique(x))
+
+
 def test_pairs_validates():
     with pytest.raises(ValueError, match="a: expected dtype uint64"):
         distinct.pairs(np.zeros(2, np.int64), np.zeros(2, np.uint64))

@@ -47,12 +47,8 @@ class Decider:
         self._fresh()
         if not len(src):
             return True
-        a = (src.astype(np.uint64) << np.uint64(32)) | dst.astype(np.uint64)
-        c = (proto.astype(np.uint64) << np.uint64(16)) | dport.astype(np.uint64)
-        keys = [(int(a[0]), int(c[0]))] if (a == a[0]).all() and (c == c[0]).all() \
-            else distinct.pairs(a, c)[0].tolist()
-        for ka, kc in keys:
-            key = (ka >> 32, kc >> 16, ka & 0xFFFFFFFF, kc & 0xFFFF, hook)
+        for ka, kc in _keys(src, proto, dst, dport)[0].tolist():
+            key = _key(ka, kc, hook)
             info = self._cache.get(key)
             if info is None and self.kp.no_service(ipv4.ntoa(key[2]), key[1], key[3], hook):
                 d = self.kp.decide(ipv4.ntoa(key[0]), key[1], ipv4.ntoa(key[2]), key[3], hook=hook)
@@ -99,12 +95,7 @@ class Decider:
             return action, bip, bport, masq, explain
         kp = self.kp
         # decisions without side effects (no DNAT) already known: all at once
-        packed = (src.astype(np.uint64) << np.uint64(32)) | dst.astype(np.uint64)
-        packed2 = (proto.astype(np.uint64) << np.uint64(16)) | dport.astype(np.uint64)
-        if (packed == packed[0]).all() and (packed2 == packed2[0]).all():  # one key: no sort
-            u, inv = np.array([[packed[0], packed2[0]]], np.uint64), np.zeros(n, np.int64)
-        else:
-            u, inv = distinct.pairs(packed, packed2)
+        u, inv = _keys(src, proto, dst, dport)
         infos = [self._cache.get(_key(a, c, hook)) for a, c in u.tolist()]
         # per key: its endpoint count if its packets draw one ("random"), else -1
         n_eps = np.array([_n_random(info) for info in infos], np.int64)
@@ -214,6 +205,17 @@ class Decider:
             bip[i], bport[i] = ipv4.aton(d.backend[0]), d.backend[1]
         if want_explain is not None and want_explain[i]:
             explain[i] = d.explain
+
+
+def _keys(src, proto, dst, dport):
+    """The packets' distinct (source << 32 | destination, protocol << 16 |
+    port) pairs and each packet's pair number (kernels.distinct.pairs; one
+    key, the common case, without a call)."""
+    a = (src.astype(np.uint64) << np.uint64(32)) | dst.astype(np.uint64)
+    c = (proto.astype(np.uint64) << np.uint64(16)) | dport.astype(np.uint64)
+    if (a == a[0]).all() and (c == c[0]).all():
+        return np.array([[a[0], c[0]]], np.uint64), np.zeros(len(a), np.int64)
+    return distinct.pairs(a, c)
 
 
 def _key(a: int, c: int, hook: str) -> tuple:

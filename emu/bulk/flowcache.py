@@ -47,7 +47,7 @@ from __future__ import annotations
 import numpy as np
 
 from emu.bulk import variants
-from kernels import hashing, parse, program
+from kernels import distinct, hashing, parse, program
 from kernels import replay as rk
 from kernels.frametpl import FIELD_BYTES, TPL
 from kernels.replay import OP_CAP, OP_CT, OP_DELIVER, OP_FDB_FWD, OP_FDB_LEARN, OPS, REFS
@@ -454,7 +454,7 @@ class FlowCache:
         (kept when it ends)."""
         if not self._fresh:
             return
-        g = distinct(np.concatenate(self._fresh) // 2)
+        g = distinct.values(np.concatenate(self._fresh) // 2)
         self._fresh = []
         g = g[(self.prog_len[2 * g] > 0) & (self.prog_len[2 * g + 1] > 0) & ~traffic.cap[g]]
         paths, first = np.unique(self.prog_start[2 * g], return_index=True)
@@ -579,18 +579,6 @@ def _unique_rows(rows):
         _, one, inv = np.unique(rows, axis=0, return_index=True, return_inverse=True)
         inv = inv.reshape(-1)
     return one, inv
-
-
-def distinct(x) -> np.ndarray:
-    """np.unique(x) for an array of many distinct integers (flow numbers):
-    sorted, then each first of a run. numpy 2.x's np.unique finds values
-    through a hash table, ~5x slower than this for 20,000 distinct int64
-    (2.6 ms against 0.6 ms here); for a few distinct values (namespaces,
-    paths) np.unique is the faster."""
-    u = np.sort(x)
-    if len(u) > 1:
-        u = u[np.concatenate(([True], u[1:] != u[:-1]))]
-    return u
 
 
 def _spans(starts, lengths) -> np.ndarray:

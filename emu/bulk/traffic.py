@@ -61,10 +61,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from emu.bulk.fastpath import FastPath
-from emu.bulk.flowcache import FlowCache, distinct
+from emu.bulk.flowcache import FlowCache
 from emu.errors import EmuError
 from emu.wire import ipv4
 from kernels import conntrack as ct
+from kernels import distinct
 from kernels import flow as fk
 from kernels._memory import hugepages
 
@@ -422,7 +423,7 @@ class Traffic:
             self.broken[f[keep]] = True
 
     def handed_off(self, batch, idx) -> None:
-        for f in distinct(batch.flow[idx]).tolist():
+        for f in distinct.values(batch.flow[idx]).tolist():
             if f >= 0:
                 self._bind_client(f)
 
@@ -453,7 +454,7 @@ class Traffic:
             self.srv_ip[fs], self.srv_port[fs] = dst[srv][ok], dport[srv][ok]
             self.peer_ip[fs], self.peer_port[fs] = src[srv][ok], sport[srv][ok]
             nf = fs[first[ok]]
-            self._backend_hits[ns.id] = self._backend_hits.get(ns.id, 0) + len(distinct(nf))
+            self._backend_hits[ns.id] = self._backend_hits.get(ns.id, 0) + len(distinct.values(nf))
             nxt = ss + 1
             live = (nxt < self.steps) & ~self.broken[fs]
             self._schedule(fs[live], nxt[live], t[live])
