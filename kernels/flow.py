@@ -357,7 +357,7 @@ def _renat(conns, counters, index, free_ids, stats, seed, conn, rsrc, rdst, rspo
         a_timeout[0] = left if left > 1 else 1
         mark = rec.mark
         ct._remove(conns, counters, index, free_ids, stats, seed, c)
-        stats[ct.STAT_DELETED] += 1
+        stats[ct.STAT_INSERT] -= 1   # a binding, not a delete and an insert (see renat)
         # the common case, as _track's insert does it: both tuples free, room in the table
         h = ct._hash(z[0], a_proto[0], a_src[0], a_dst[0], a_sport[0], a_dport[0], seed)
         hr = ct._hash(z[0], a_proto[0], rsrc[i], rdst[i], rsport[i], rdport[i], seed)
@@ -392,7 +392,9 @@ def renat(table: ct.Table, conn, reply_src, reply_dst, reply_sport, reply_dport,
     remove it, insert it again with the same original tuple, state and
     remaining time, keeping its mark. Returns the new connection id, or -1
     where the new reply tuple clashed (the connection is then put back as
-    it was) or conn was -1 / not live."""
+    it was) or conn was -1 / not live. In the statistics a binding is no
+    delete and no insert: Linux binds NAT before it confirms the connection,
+    which it counts once."""
     conn = _check.array(conn, "conn", np.int32)
     rsrc = _check.array(reply_src, "reply_src", np.uint32)
     rdst = _check.array(reply_dst, "reply_dst", np.uint32)

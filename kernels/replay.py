@@ -45,9 +45,10 @@ The traffic is emu.bulk.traffic's closed loop: packet s of a flow leaves
 when packet s - 1 arrives. A flow's steady steps are its data segments
 (client -> server, PSH|ACK, odd steps) and their acknowledgements (server
 -> client, ACK, even steps): 3 <= s < 3 + 2K; the kernel also carries the
-handshake's SYN-ACK and ACK (s = 1, server; s = 2, client) and the teardown
-(FIN, FIN-ACK, ACK: s = 3 + 2K .. 5 + 2K); a SYN-ACK is never captured
-here. For each item (flow, step, time) the kernel carries the flow
+handshake (SYN, s = 0, client: its connections all NEW_CONN references,
+kube-proxy's pick made by the caller; SYN-ACK, s = 1, server; ACK, s = 2,
+client) and the teardown (FIN, FIN-ACK, ACK: s = 3 + 2K .. 5 + 2K); a SYN
+or SYN-ACK is never captured here. For each item (flow, step, time) the kernel carries the flow
 on while its next packet has a program, passes every check of its program
 and arrives before `horizon` (the caller's next event: a table may change
 then); the first packet that does not is left to the fast path (nothing of
@@ -208,12 +209,15 @@ def _open_check(conns, index, stats, seed, w0, w1, w2, w3, flags, pending):
     checked as its), (-1, 0) when both tuples are free and the table has room
     for it after the packet's `pending` other inserts there (the commit
     inserts), (-1, 1) otherwise: the fast path decides (a clash, an expired
-    entry to reap, a full table, a TCP packet that opens nothing)."""
+    entry to reap, a full table, a TCP packet that opens nothing, a SYN
+    meeting its TCP connection: the NAT hooks may bind it anew)."""
     z, p, a, b, x, y, ra, rb, rx, ry = _words(w0, w1, w2, w3)
     pos = ct._find(index, conns, ct._hash(z, p, a, b, x, y, seed), z, p, a, b, x, y)
     if pos >= 0:
         word = index[pos]
-        return (ct._slot_conn(word), 0) if ct._slot_direction(word) == ct.ORIGINAL else (-1, 1)
+        if ct._slot_direction(word) != ct.ORIGINAL or (p == 6 and flags == SYN):
+            return -1, 1
+        return ct._slot_conn(word), 0
     if not first_state(p, flags)[0]:
         return -1, 1
     if not (ra == a and rb == b and rx == x and ry == y) \
@@ -294,7 +298,7 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
         checked[1] = False
         seen[0] = False
         seen[1] = False
-        while t < horizon and 1 <= s < last_step and counts[FULL] == 0:
+        while t < horizon and 0 <= s < last_step and counts[FULL] == 0:
             server = s == 1 or ((s % 2) == 0 and s >= 4)
             d = 1 if server else 0
             key = 2 * f + d
@@ -305,6 +309,8 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
             steady = 3 <= s < 3 + 2 * k_data
             if steady:
                 flags = ACK if server else PSH | ACK
+            elif s == 0:     # the client's SYN
+                flags = SYN
             elif s == 1:     # the server's SYN-ACK
                 flags = SYN | ACK
             elif s == 2:     # the handshake's last ACK
@@ -414,7 +420,7 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
                     if a < 0 or a + 2 >= len(tpl) or ref < 0 or ref >= len(refs) \
                             or not (0 <= refs[ref, 0] <= 0xFFFFFFFF and 0 <= refs[ref, 1] <= 0xFFFF):
                         return -2 - r
-                    if s == 1:   # no template for a SYN-ACK: the fast path captures it
+                    if s <= 1:   # no template for a SYN or SYN-ACK: the fast path captures them
                         ok = False
                         break
                     ref += 1
@@ -452,7 +458,10 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
             else:
                 ip_id = (np.int64(ipid_c[f]) + s) & 0xFFFF
                 ack = (np.int64(isn_s[f]) + (2 if s == 5 + 2 * k_data else 1)) & 0xFFFFFFFF
-                if s == 2:
+                if s == 0:
+                    seq = np.int64(isn_c[f])
+                    ack = np.int64(0)
+                elif s == 2:
                     seq = (np.int64(isn_c[f]) + 1) & 0xFFFFFFFF
                 elif s == 5 + 2 * k_data:
                     seq = (sent_data + 1) & 0xFFFFFFFF

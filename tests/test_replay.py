@@ -380,7 +380,7 @@ def test_worlds_reach_every_branch():
     reasons = set(stops)
     want = {"full", "horizon", "arrives_late", "step", "no_program", "link", "ct_unconfirmed", "ct_tuples",
             "ct_expired", "ct_reply_unseen", "ct_tcp_invalid", "fdb_no_learning", "fdb_unknown", "fdb_port",
-            "fdb_aged", "ct_open_busy", "synack_captured"}
+            "fdb_aged", "ct_open_busy", "handshake_captured"}
     assert want - reasons == set(), sorted(map(str, want - reasons))
     assert sent > 800 and caps > 100 and encaps > 50 and fuller > 10 and 0 < raised < 30
     assert opened > 10 and synacks > 20

@@ -2,18 +2,16 @@
 `KubeProxy.decide` once per packet in the same order.
 
 What the decision depends on is the packet's (source, protocol, destination,
-destination port, hook); what it consumes is the proxy's random stream
-(iptables mode: one `integers(len(endpoints))` draw per DNAT among more
-than one endpoint). So per distinct key the first packet is decided by
-`KubeProxy.decide` itself and the outcome classified:
+destination port, hook), and for iptables' random pick its source port and
+time (`random_picks`, a keyed hash: no state). So per distinct key the first
+packet is decided by `KubeProxy.decide` itself and the outcome classified:
 
 - no DNAT (NONE, REJECT, DROP): no state touched, the decision is reused;
 - iptables DNAT without session affinity: the endpoint list and masquerade
-  flag are kept; later packets draw their endpoint from the same stream,
-  a run of consecutive packets with the same endpoint count in one numpy
-  call (numpy's Generator gives the same numbers for `integers(n, size=k)`
-  as for k calls of `integers(n)`: a test checks);
-- anything else (IPVS schedulers, ClientIP affinity): `decide` per packet.
+  flag are kept; every packet's endpoint is then its `random_picks`, all
+  at once, in any order;
+- anything else (IPVS schedulers, ClientIP affinity): `decide` per packet,
+  in order (their state: the scheduler's, the affinity lists).
 
 The cache is dropped whenever the proxy resyncs (a new service_ports list).
 """
@@ -21,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from emu.control.kubeproxy import DNAT, DROP, NONE, REJECT
+from emu.control.kubeproxy import DNAT, DROP, NONE, REJECT, random_picks
 from emu.wire import ipv4
 from kernels import distinct
 from kernels.netns_fast import A_DNAT, A_DROP, A_NONE, A_REJECT  # one numbering, the fused kernels' too
@@ -54,6 +52,25 @@ class Decider:
                 d = self.kp.decide(ipv4.ntoa(key[0]), key[1], ipv4.ntoa(key[2]), key[3], hook=hook)
                 info = self._cache[key] = self._classify(d, ipv4.ntoa(key[0]))
             if info is None or info[0] != "static" or info[1].action != NONE or info[1].masquerade:
+                return False
+        return True
+
+    def stateless(self, src, proto, dst, dport, hook: str) -> bool:
+        """Whether deciding for these packets (arrays) touches no state and
+        needs no order: each key found static or random (not IPVS, not
+        affinity): they may then be decided ahead, in any order. A key not
+        decided before is, when no decision of this proxy touches state
+        (iptables mode, no ClientIP affinity anywhere: its only state)."""
+        self._fresh()
+        kp = self.kp
+        free = kp.mode == "iptables" and not any(sp.affinity_s for sp in kp.service_ports)
+        for ka, kc in _keys(src, proto, dst, dport)[0].tolist():
+            key = _key(ka, kc, hook)
+            info = self._cache.get(key)
+            if info is None and free:
+                s = ipv4.ntoa(key[0])
+                info = self._cache[key] = self._classify(kp.decide(s, key[1], ipv4.ntoa(key[2]), key[3], hook=hook), s)
+            if info is None or info[0] == "python":
                 return False
         return True
 
@@ -118,8 +135,9 @@ class Decider:
             action[sel], masq[sel], bip[sel], bport[sel] = act_k[keys], masq_k[keys], bip_k[keys], bport_k[keys]
             todo[sel] = False
         rest = np.nonzero(todo)[0]
-        args = (inv, infos, src, dst, dport, action, bip, bport, masq, explain, want_explain)
-        if len(rest) and self._one_run(rest, n_eps, *args):
+        args = (inv, infos, src, proto, dst, dport, sport, times, action, bip, bport, masq, explain, want_explain)
+        if len(rest) and (n_eps[inv[rest]] >= 0).all():   # every key known as "random": all at once
+            self._draw(rest, *args)
             return action, bip, bport, masq, explain
         pos = 0
         while pos < len(rest):
@@ -148,39 +166,27 @@ class Decider:
                             for k in same[want_explain[same]].tolist():
                                 explain[k] = d.explain
                         rest = np.concatenate([rest[:pos], later[inv[later] != j]])
-                if fill and pos < len(rest) and self._one_run(rest[pos:], n_eps, *args):
-                    break
                 continue
             if info[0] == "static":
                 self._apply(i, info[1], action, bip, bport, masq, explain, want_explain)
                 pos += 1
                 continue
-            # a run of packets whose keys are "random" with the same endpoint count: one draw
-            other = np.nonzero(n_eps[inv[rest[pos:]]] != n_eps[j])[0]
+            # a run of packets whose keys are "random" (no state: in any order)
+            other = np.nonzero(n_eps[inv[rest[pos:]]] < 0)[0]
             end = pos + (int(other[0]) if len(other) else len(rest) - pos)
-            self._draw(rest[pos:end], int(n_eps[j]), *args)
+            self._draw(rest[pos:end], *args)
             pos = end
         return action, bip, bport, masq, explain
 
-    def _one_run(self, rest, n_eps, *args) -> bool:
-        """All the packets `rest` at once when every key among them is known
-        as "random" with the same endpoint count: one run, one draw of the
-        proxy's stream for all (as the loop of `decide` would do). False otherwise."""
-        counts = n_eps[args[0][rest]]   # args[0]: each packet's key number
-        if not len(counts) or counts[0] < 0 or not (counts == counts[0]).all():
-            return False
-        self._draw(rest, int(counts[0]), *args)
-        return True
-
-    def _draw(self, run, n_eps, inv, infos, src, dst, dport, action, bip, bport, masq, explain,
+    def _draw(self, run, inv, infos, src, proto, dst, dport, sport, times, action, bip, bport, masq, explain,
               want_explain) -> None:
-        """The packets `run` (their keys "random" with n_eps endpoints each):
-        one draw of the proxy's stream for all, in order; each packet's
-        endpoint is its key's endpoint at its pick."""
+        """The packets `run` (their keys "random"): each packet's endpoint is
+        its key's endpoint at its pick (`random_picks`)."""
         if not len(run):
             return
-        picks = self.kp._rng.integers(n_eps, size=len(run)) if n_eps > 1 else np.zeros(len(run), np.int64)
         keys = inv[run]
+        n_eps = np.array([_n_random(info) for info in infos], np.int64)[keys]
+        picks = random_picks(self.kp.seed, src[run], proto[run], dst[run], dport[run], sport[run], times[run], n_eps)
         for j in ([int(keys[0])] if (keys == keys[0]).all() else np.unique(keys).tolist()):
             _, eps, base_masq, what = infos[j]
             sel = keys == j

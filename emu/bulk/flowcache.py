@@ -41,6 +41,16 @@ SYN-ACK (`adopt`), with its own references: the connections its SYN opened,
 and the outer VXLAN flows its SYN-ACK opens, named by their tuples
 (kernels.replay's NEW_CONN). Until a path has such a flow, one SYN-ACK on it
 goes down the fast path to teach it (emu.bulk.traffic's scout).
+
+SYNs. A connection's way there is the way there of any connection of the
+same client to the same backend: once kube-proxy's pick for a SYN is known
+(emu.bulk.traffic's `_syns` makes it ahead, where the pick needs no order),
+an uncaptured flow's SYN takes the client program of such a flow
+(`adopt_syns`), every connection it steps a NEW_CONN reference of its own:
+that flow's tuples with its source port (the DNAT binding included), or
+with its outer VXLAN flow's source port. The plan notes where the client's
+SYNs meet kube-proxy (`hooks`: the proxier and the latency to it), for the
+picks.
 """
 from __future__ import annotations
 
@@ -96,6 +106,9 @@ class FlowCache:
         self.refs = np.empty((min(MAX_REFS, 2 * self.n * 5), REFS), np.int64)
         self._paths: dict[int, int] = {}          # a path's hash (kernels.program) -> its first row
         self._synack: dict[int, tuple | None] = {}  # a client path's first row -> its SYN-ACK plan (`adopt`)
+        self._syn: dict[tuple, tuple] = {}          # (client, backend ip, port) -> its SYN plan (`adopt_syns`)
+        self.hooks: dict[int, tuple] = {}           # client -> where kube-proxy decides its SYNs (`_syn_plan`)
+        self._events_at: dict = {}                  # a SYN plan's pair or a hook's client -> engine.events then
         self._fresh: list = []                      # keys compiled since the last learn_plans
         # learner slots: rows (kind, a, b, c, fingerprint), how many, the key, the state
         self._rows = {name: np.zeros((MAX_ROWS, 0), np.int64) for name in ROW}
@@ -119,6 +132,9 @@ class FlowCache:
         self._dead = 0                               # references of flows forgotten
         self._paths.clear()
         self._synack.clear()
+        self._syn.clear()
+        self.hooks.clear()
+        self._events_at.clear()
         self._fresh = []
         self._state[:] = FREE
         self._free[:] = np.arange(len(self._key) - 1, -1, -1)
@@ -367,6 +383,7 @@ class FlowCache:
         moved = dict(zip(old.tolist(), (np.cumsum(lens) - lens).tolist()))
         self._paths = {h: moved[at] for h, at in self._paths.items() if at in moved}
         self._synack.clear()
+        self._syn.clear()
         self._n_ops = self._n_refs = self._dead = 0
         self.prog_start[live] = self._append_ops(ops) + (np.cumsum(lens) - lens)[inv.reshape(-1)]
         self.ref_start[live] = self._append_refs(refs) + np.cumsum(n_refs) - n_refs
@@ -450,17 +467,126 @@ class FlowCache:
 
     def learn_plans(self, traffic) -> None:
         """The SYN-ACK plans (`adopt`) of the client paths whose flows got
-        both programs since the last call: one per path, from one of them
-        (kept when it ends)."""
+        both programs since the last call, and the SYN plans (`adopt_syns`)
+        of the (client, backend) pairs whose flows got a client program:
+        one per path or pair, from one of them (kept when it ends)."""
         if not self._fresh:
             return
         g = distinct.values(np.concatenate(self._fresh) // 2)
         self._fresh = []
-        g = g[(self.prog_len[2 * g] > 0) & (self.prog_len[2 * g + 1] > 0) & ~traffic.cap[g]]
+        g = g[(self.prog_len[2 * g] > 0) & ~traffic.cap[g]]
+        pair = (traffic.f_client[g].astype(np.int64) << 48) | (traffic.srv_ip[g].astype(np.int64) << 16) \
+            | traffic.srv_port[g].astype(np.int64)
+        pairs, first = np.unique(pair, return_index=True)
+        for donor in g[first].tolist():
+            key = (int(traffic.f_client[donor]), int(traffic.srv_ip[donor]), int(traffic.srv_port[donor]))
+            if key not in self._syn:
+                self._syn[key] = self._syn_plan(traffic, donor)
+                self._events_at[key] = self.engine.events
+        g = g[self.prog_len[2 * g + 1] > 0]
         paths, first = np.unique(self.prog_start[2 * g], return_index=True)
         for p, donor in zip(paths.tolist(), g[first].tolist()):
             if p not in self._synack:
                 self._synack[p] = self._synack_plan(traffic, donor)
+
+    # -- SYNs along another flow's path -------------------------------------------------------
+    def _syn_plan(self, traffic, g: int):
+        """A SYN plan from flow g's client program (its backend's address in
+        srv_ip, srv_port; no SNAT): (the path's first row and length, per
+        reference 0 if its port is the flow's source port or 1 if it is the
+        outer VXLAN flow's, the references' tuple words), or None when the
+        path is not one a SYN of another flow can take so: a capture point,
+        a connection of another shape, no DNAT by kube-proxy at a node's
+        PREROUTING. Also notes where the client's SYNs meet kube-proxy
+        (self.hooks[client]: the proxier and the latency from the client to it)."""
+        start, length = int(self.prog_start[2 * g]), int(self.prog_len[2 * g])
+        rows = self.ops[start:start + length]
+        if (rows[:, 0] == OP_CAP).any() or traffic.srv_ns[g] < 0 or traffic.peer_ip[g] != traffic.f_ip[g] \
+                or traffic.peer_port[g] != traffic.f_sport[g]:
+            return None
+        at = np.nonzero(rows[:, 0] == OP_CT)[0]
+        words = self.refs[self.ref_start[2 * g]:self.ref_start[2 * g] + len(at), 1:].copy()
+        sport = int(traffic.f_sport[g])
+        outer = int(_syn_ports(traffic, np.array([g]), self.engine.seed)[0])
+        kind = np.zeros(len(at), np.int64)
+        hook = None
+        for j in range(len(at)):
+            z, p, a, b, x, y, ra, rb, rx, ry = _decode(words[j])
+            if rows[at[j], 3] != 0:   # ORIGINAL rows only: the SYN opens each connection it steps
+                return None
+            if x == sport and ry == sport and a == rb == traffic.f_ip[g]:
+                kind[j] = 0
+            elif p == 17 and x == outer and ry == outer:
+                kind[j] = 1
+            else:
+                return None
+            if (ra, rx) != (b, y):   # DNAT: to this backend, by kube-proxy at this namespace
+                ns = self._ct_objs[int(rows[at[j], 1])]
+                if hook is not None or (b, y) != (traffic.vip, traffic.vport) \
+                        or (ra, rx) != (traffic.srv_ip[g], traffic.srv_port[g]) \
+                        or traffic.fast._kinds(ns, "PREROUTING") != ["conntrack", "proxier", "dnat"]:
+                    return None
+                _, latency, _, _ = self.engine._arrays()
+                links = rows[:at[j]]
+                hook = (ns.hooks["PREROUTING"][1].__self__,
+                        int(latency[links[links[:, 0] == rk.OP_LINK, 1]].sum()))
+        if hook is None:
+            return None
+        self.hooks[int(traffic.f_client[g])] = hook
+        self._events_at[int(traffic.f_client[g])] = self.engine.events
+        return start, length, kind, words, int(traffic.srv_ns[g])
+
+    def learned_since(self, events: int):
+        """The hooks (client -> hook) and the (client, backend ip, port) pairs
+        with a SYN plan learned while the engine's event count was `events`."""
+        hooks = {c: h for c, h in self.hooks.items() if self._events_at.get(c, events) == events}
+        pairs = {k for k, plan in self._syn.items() if plan is not None and self._events_at[k] == events}
+        return hooks, pairs
+
+    def syn_plan_known(self, client: int, bip: int, bport: int) -> bool:
+        """Whether a SYN plan for the pair was tried (made, or found impossible)."""
+        return (client, bip, bport) in self._syn
+
+    def adopt_syns(self, traffic, f, bip, bport) -> np.ndarray:
+        """Flows f (uncaptured, no client program), their SYN due and
+        kube-proxy's pick for it made (backend bip, bport): each whose
+        (client, backend) has a SYN plan gets that path as its client
+        program, with NEW_CONN references of its own (kernels.replay): the
+        plan's tuples with its source port, or its outer VXLAN flow's
+        (`_syn_ports`). Returns which did
+        and their backend's namespace (id); `unadopt_syns` takes back the
+        programs of those the kernel then left."""
+        f = np.asarray(f, np.int64)
+        adopted = np.zeros(len(f), bool)
+        server = np.full(len(f), -1, np.int64)
+        pair = (traffic.f_client[f].astype(np.int64) << 48) | (bip.astype(np.int64) << 16) | bport.astype(np.int64)
+        for key in np.unique(pair).tolist():
+            plan = self._syn.get((key >> 48, (key >> 16) & 0xFFFFFFFF, key & 0xFFFF))
+            if plan is None:
+                continue
+            start, length, kind, words, srv_ns = plan
+            room = (MAX_REFS - (self._n_refs - self._dead)) // max(len(kind), 1)   # within MAX_REFS, as learning
+            mine = np.nonzero(pair == key)[0][:max(room, 0)]
+            if not len(mine):
+                continue
+            adopted[mine] = True
+            server[mine] = srv_ns
+            g = f[mine]
+            ports = np.where(kind[None, :] == 0, traffic.f_sport[g].astype(np.int64)[:, None],
+                             _syn_ports(traffic, g, self.engine.seed)[:, None])
+            refs = np.empty((len(g), len(kind), REFS), np.int64)
+            refs[:, :, 0] = rk.NEW_CONN
+            refs[:, :, 1:] = rk.tuple_words_with_port(words, ports)
+            base = self._append_refs(refs.reshape(-1, REFS))
+            self.ref_start[2 * g] = base + len(kind) * np.arange(len(g))
+            self.prog_start[2 * g] = start
+            self.prog_len[2 * g] = length
+        return adopted, server
+
+    def unadopt_syns(self, f) -> None:
+        keys = 2 * np.asarray(f, np.int64)
+        self._dead += int(self._n_path_refs(keys).sum())
+        self.prog_len[keys] = 0
 
     # -- replay -----------------------------------------------------------------------------
     def run(self, traffic, f, s, t, end: int, horizon: int) -> rk.Result:
@@ -527,6 +653,23 @@ def _synack_ports(traffic, f, seed) -> np.ndarray:
     h = hashing.flow_hash(traffic.srv_ip[f], traffic.peer_ip[f], traffic.srv_port[f], traffic.peer_port[f],
                           np.full(len(f), 6, np.uint8), seed)
     return hashing.udp_source_port(h, 0, 0).astype(np.int64)
+
+
+def _syn_ports(traffic, f, seed) -> np.ndarray:
+    """The VXLAN source port of each flow's packets to the server:
+    udp_flow_src_port of the flow hash the client's frame got when sent
+    (before DNAT; the packet keeps it, as an skb its hash)."""
+    n = len(f)
+    h = hashing.flow_hash(traffic.f_ip[f], np.full(n, traffic.vip, np.uint32), traffic.f_sport[f],
+                          np.full(n, traffic.vport, np.uint16), np.full(n, 6, np.uint8), seed)
+    return hashing.udp_source_port(h, 0, 0).astype(np.int64)
+
+
+def _decode(w) -> tuple:
+    """tuple_words (one row) as ints: zone, proto, orig src, dst, sport, dport, reply src, dst, sport, dport."""
+    w0, w1, w2, w3 = (int(x) & (2**64 - 1) for x in w)
+    return (w0 & 0xFFFF, (w0 >> 16) & 0xFF, w1 & 0xFFFFFFFF, w1 >> 32, w2 & 0xFFFF, (w2 >> 16) & 0xFFFF,
+            w2 >> 32, w3 & 0xFFFFFFFF, (w3 >> 32) & 0xFFFF, w3 >> 48)
 
 
 def _be(buf, at, n: int) -> np.ndarray:

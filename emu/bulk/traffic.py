@@ -30,13 +30,15 @@ expired and kube-proxy picked again) is what a server without that
 connection sees: the flow breaks (a real one would answer RST).
 
 Frames come from templates (kernels.flow.fill_frames). Everything unusual
-goes through the interactive devices, the SYN and what the flow cache
-cannot carry through the fast path (emu.bulk.fastpath), and the rest of a
-TCP flow through the flow cache (emu.bulk.flowcache, kernels.replay): the
-SYN-ACK along the way back of a connection with the same client path (one
-scout per path teaches it through the fast path), then, the SYN and
-SYN-ACK having shown the path each way, the handshake's ACK, data, ACKs
-and teardown; the same tables, each packet at its own time. The cache runs
+goes through the interactive devices, what the flow cache cannot carry
+through the fast path (emu.bulk.fastpath), and the rest of a TCP flow
+through the flow cache (emu.bulk.flowcache, kernels.replay): the SYN along
+the path of a connection of the same client to the backend kube-proxy
+picks for it (`_syns`), the SYN-ACK along the way back of a connection
+with the same client path (one scout per path teaches it through the fast
+path), then, the SYN and SYN-ACK having shown the path each way, the
+handshake's ACK, data, ACKs and teardown; the same tables, each packet at
+its own time. The cache runs
 ahead of the window up to the engine's next event (HORIZON_NS at most);
 what it changes commutes with the fast path's packets. `flow_cache=False`
 leaves it out: then the bytes are the interactive engine's exactly (with
@@ -60,6 +62,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from emu.bulk.decide import A_DNAT
 from emu.bulk.fastpath import FastPath
 from emu.bulk.flowcache import FlowCache
 from emu.errors import EmuError
@@ -667,6 +670,7 @@ class Traffic:
         self._last = self.eng.now
         self.echoes = np.zeros(self.n, np.int64)
         self.syn_sent = 0
+        self.syns_carried = 0      # SYNs the flow cache carried (`_syns`)
         self._waiting: list = []   # SYN-ACKs waiting for a scout (_synacks)
         self._scouts: dict[int, int] = {}
         self._checks = (np.zeros(0, np.int64), np.zeros(0, np.int64))
@@ -713,15 +717,20 @@ class Traffic:
                 # 10,000 faults a run before, 3,000 after)
                 self.fast = FastPath(eng, weakref.proxy(self), 14 + 20 + 20 + self.payload + 50,
                                      window_ns=self.window)
+                cache = None
                 if self.flow_cache and self.proto == TCP:
-                    self.fast.cache = FlowCache(eng, self.n, payload=self.template[:self.payload],
-                                                kinds={k: self._kind_text(i) for i, k in enumerate(TCP_KINDS)})
-                    self._token = None
+                    cache = self.fast.cache = FlowCache(eng, self.n, payload=self.template[:self.payload],
+                                                        kinds={k: self._kind_text(i) for i, k in enumerate(TCP_KINDS)})
+                    self._token = (eng.events, self.fast.handed_off)   # the cache is new: nothing stale
+                    self._events_at_start = eng.events
+                    self._warmth(cache, record=False)
                 self._pending = [first]
                 self._loop(progress)
                 # the flow cache ran ahead of the last window: the clock goes on to
                 # the last delivery, as it would have with every packet in a window
                 eng.run(until_ns=max(eng.now, self._last))
+                if cache is not None:
+                    self._warmth(cache, record=True)
             finally:
                 hugepages(huge)
                 if collecting:
@@ -840,6 +849,7 @@ class Traffic:
             self._token = token
         cache.compile()
         cache.learn_plans(self)
+        f, s, t = self._syns(f, s, t, end)
         f, s, t = self._synacks(f, s, t)
         key = 2 * f + _tcp_from_server(s)
         go = (s >= 1) & (s < self.steps) & cache.has(key)
@@ -850,12 +860,7 @@ class Traffic:
         left = (s2 == 1) & (s[g] == 1)
         if left.any():   # SYN-ACKs the kernel did not carry: the fast path's, and it learns their way
             cache.unadopt(f[g][left])
-        n = int(sent.sum())
-        if n:
-            self.sent += n
-            self.delivered += n
-            self._lat.append(np.repeat(lat, sent))
-            self._last = max(self._last, last)
+        self._carried(sent, lat, last)
         s, t = s.copy(), t.copy()
         s[g], t[g] = s2, t2
         finished = s >= self.steps
@@ -867,6 +872,149 @@ class Traffic:
             self._pending.append((f[later], s[later], t[later]))
         now = ~later
         return f[now], s[now], t[now]
+
+    def _syns(self, f, s, t, end):
+        """SYNs due of uncaptured flows take the path of a flow with the same
+        client and backend (FlowCache.adopt_syns), once kube-proxy's pick for
+        them is known: made here, ahead, where its rules need no order
+        (Decider.stateless; iptables' random pick is a hash of the packet and
+        its time at the rule, the same the fast path would draw). The kernel
+        carries them to the server; those it leaves go down the fast path.
+        Other SYNs go down the fast path, and teach: those of a client not yet
+        seen reaching kube-proxy, and those to a backend without a path yet.
+        But where an earlier run on this engine went that way with nothing
+        happening in the engine since (`_warmth`: no neighbour to resolve, no
+        table changed), one SYN (the scout) goes and the others wait for the
+        path it teaches (`_release`). Simplification: a waiting SYN is then
+        carried at its own time, out of time order, as the cache carries
+        SYN-ACKs (on a warm path what it meets does not depend on that order)."""
+        cache = self.fast.cache
+        due = np.nonzero((s == 0) & ~self.cap[f] & ~cache.has(2 * f))[0]
+        if not len(due):
+            return f, s, t
+        fd, td = f[due], t[due]
+        client = self.f_client[fd]
+        go = np.zeros(len(due), bool)                  # down the fast path now
+        scout_of = np.full(len(due), -1, np.int64)     # waiting for this scout
+        adopt = np.zeros(len(due), bool)
+        server, bip, bport = (np.zeros(len(due), d) for d in (np.int64, np.uint32, np.uint16))
+        for c in np.unique(client).tolist():
+            mine = np.nonzero(client == c)[0]
+            hook = cache.hooks.get(c)
+            if hook is None:   # not seen reaching kube-proxy yet: down the fast path (it teaches)
+                go[mine] = True
+                continue
+            proxier, latency = hook
+            decider = self.fast._decider(proxier)
+            n = len(mine)
+            src, proto = self.f_ip[fd[mine]], np.full(n, self.proto, np.uint8)
+            dst, dport = np.full(n, self.vip, np.uint32), np.full(n, self.vport, np.uint16)
+            if not decider.stateless(src, proto, dst, dport, "PREROUTING"):
+                go[mine] = True
+                continue
+            act, ip, port, masq, _ = decider.decide(src, proto, dst, dport, self.f_sport[fd[mine]],
+                                                    td[mine] + latency, "PREROUTING")
+            ok = (act == A_DNAT) & ~masq
+            go[mine[~ok]] = True
+            mine, ip, port = mine[ok], ip[ok], port[ok]
+            took, srv = cache.adopt_syns(self, fd[mine], ip, port)
+            adopt[mine[took]] = True
+            server[mine], bip[mine], bport[mine] = srv, ip, port
+            rest, ip, port = mine[~took], ip[~took], port[~took]
+            pair = (ip.astype(np.int64) << 16) | port.astype(np.int64)
+            for p in np.unique(pair).tolist():
+                sel = rest[pair == p]
+                if (c, p >> 16, p & 0xFFFF) in self._warm and not cache.syn_plan_known(c, p >> 16, p & 0xFFFF):
+                    self._scout(("syn", c, p), fd, sel, go, scout_of)
+                else:   # a path that may be cold, or none a SYN can take: the fast path
+                    go[sel] = True
+        wait = scout_of >= 0
+        if wait.any():
+            self._waiting.append((fd[wait], s[due][wait], td[wait], scout_of[wait]))
+        s, t = s.copy(), t.copy()
+        a = np.nonzero(adopt)[0]
+        if len(a):
+            self._syns_carried(fd[a], td[a], server[a], bip[a], bport[a], end, s, t, due[a])
+        keep = np.ones(len(f), bool)
+        keep[due[wait]] = False
+        return f[keep], s[keep], t[keep]
+
+    def _scout(self, key, f, sel, go, scout_of) -> None:
+        """Items sel (of flows f) wait for the scout of `key` on its way; with
+        none, the last of them goes (down the fast path) as the scout (the
+        last: the first flows are the likeliest to reuse the source port of an
+        earlier run's connection, a path no other SYN takes)."""
+        scout = self._scouts.get(key, -1)
+        if scout < 0 or self._syn_taught(np.array([scout]))[0]:
+            scout = self._scouts[key] = int(f[sel[-1]])
+            go[sel[-1]] = True
+            sel = sel[:-1]
+        scout_of[sel] = scout
+
+    def _warmth(self, cache, record: bool) -> None:
+        """What a bulk run on this engine leaves the next one (engine.bulk_warm):
+        where each client's SYNs meet kube-proxy (FlowCache.hooks) and the
+        (client, backend) pairs its SYNs reached, valid while nothing happens in
+        the engine (its event count: timers, interactive devices) and kube-proxy
+        keeps its rules. At the start (record False) the run takes them as its
+        own, by client; at the end it leaves what it learned after the engine's
+        last event (and what it took, if there was none)."""
+        eng = self.eng
+        ids = [ns.id for ns in self.client_ns]
+        if not record:
+            self._warm, self._seeded = set(), set()
+            events, hooks, pairs = getattr(eng, "bulk_warm", None) or (None, {}, set())
+            if events != eng.events:
+                return
+            for c, nid in enumerate(ids):
+                hook = hooks.get(nid)
+                if hook is not None and hook[2] is hook[0].kube_proxy.service_ports:
+                    cache.hooks[c] = hook[:2]
+                    self._seeded.add(c)
+                    self._warm |= {(c, ip, port) for n, ip, port in pairs if n == nid}
+            return
+        hooks, pairs = cache.learned_since(eng.events)
+        if eng.events == self._events_at_start:
+            pairs |= self._warm
+        else:
+            hooks = {c: h for c, h in hooks.items() if c not in self._seeded}
+        hooks = {ids[c]: (*hook, hook[0].kube_proxy.service_ports) for c, hook in hooks.items()}
+        eng.bulk_warm = (eng.events, hooks, {(ids[c], ip, port) for c, ip, port in pairs})
+
+    def _syns_carried(self, f, t, server, bip, bport, end, s_all, t_all, at) -> None:
+        """The kernel carries adopted SYNs (flows f, due at t) to their
+        backend; the server learns each flow's peer as from its first packet
+        (`_arrived`). Their items (at, in s_all / t_all) move on to the
+        SYN-ACK; the ones left keep their SYN, their programs taken back."""
+        cache = self.fast.cache
+        s2, t2, sent, lat, last = cache.run(self, f, np.zeros(len(f), np.int64), t, end, self._horizon(end))
+        left = s2 == 0
+        if left.any():
+            cache.unadopt_syns(f[left])
+        got = ~left
+        self.syns_carried += int(got.sum())
+        fs = f[got]
+        self.srv_ns[fs], self.srv_ip[fs], self.srv_port[fs] = server[got], bip[got], bport[got]
+        self.peer_ip[fs], self.peer_port[fs] = self.f_ip[fs], self.f_sport[fs]
+        for ns, hits in zip(*np.unique(server[got], return_counts=True)):
+            self._backend_hits[int(ns)] = self._backend_hits.get(int(ns), 0) + int(hits)
+        self._carried(sent, lat, last)
+        s_all[at], t_all[at] = s2, t2
+
+    def _carried(self, sent, lat, last) -> None:
+        """Packets the flow cache carried: sent and delivered, their latency."""
+        n = int(sent.sum())
+        if n:
+            self.sent += n
+            self.delivered += n
+            self._lat.append(np.repeat(lat, sent))
+            self._last = max(self._last, last)
+
+    def _syn_taught(self, scout) -> np.ndarray:
+        """Whether SYN scouts taught their path (their client program is
+        compiled), or will not (their SYN-ACK came, they broke or sent their SYN again)."""
+        return self.fast.cache.has(2 * scout) | (self.c_got[scout] >= 1) | self.broken[scout] | self.done[scout] \
+            | (self.syn_tries[scout] > 0)
 
     def _synacks(self, f, s, t):
         """SYN-ACKs due take the server program of a flow on the same client
@@ -902,11 +1050,11 @@ class Traffic:
         return (self.c_got[scout] >= 1) | self.broken[scout] | self.done[scout]
 
     def _release(self, everything=False) -> None:
-        """SYN-ACKs waiting for a scout that is back go (all, with everything)."""
+        """SYNs and SYN-ACKs waiting for a scout that is back go (all, with everything)."""
         if not self._waiting:
             return
         f, s, t, scout = (np.concatenate(x) for x in zip(*self._waiting))
-        go = np.ones(len(f), bool) if everything else self._taught(scout)
+        go = np.ones(len(f), bool) if everything else np.where(s == 0, self._syn_taught(scout), self._taught(scout))
         self._waiting = [(f[~go], s[~go], t[~go], scout[~go])] if not go.all() else []
         if go.any():
             self._pending.append((f[go], s[go], t[go]))

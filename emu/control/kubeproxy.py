@@ -15,7 +15,7 @@ nat KUBE-SERVICES (cluster IP / external IP / LB IP rules, then the
 `--dst-type LOCAL` jump to KUBE-NODEPORTS), KUBE-EXT-* (masquerade or the
 Local-policy short circuits), KUBE-SVC-*/KUBE-SVL-* (ClientIP affinity via
 `-m recent`, then one uniform pick, the distribution of the
-`--probability 1/(n-i)` cascade), KUBE-SEP-* (hairpin mark, DNAT); when
+`--probability 1/(n-i)` cascade: see `random_picks`), KUBE-SEP-* (hairpin mark, DNAT); when
 nothing DNATs, the filter chains KUBE-SERVICES / KUBE-EXTERNAL-SERVICES
 (REJECT: no endpoints; DROP: no local endpoints). Endpoint categorisation is
 upstream's `CategorizeEndpoints` (ready, else serving+terminating; Local
@@ -44,7 +44,7 @@ from emu.control.state import ClusterState
 
 __all__ = [
     "DNAT", "REJECT", "DROP", "NONE", "Decision", "KubeProxy", "MASQ_MARK",
-    "LARGE_CLUSTER_ENDPOINTS", "probability_string", "saved_probability_string",
+    "LARGE_CLUSTER_ENDPOINTS", "probability_string", "saved_probability_string", "random_picks",
 ]
 
 DNAT, REJECT, DROP, NONE = "DNAT", "REJECT", "DROP", "NONE"
@@ -52,7 +52,37 @@ MASQ_MARK = 0x4000
 #: upstream largeClusterEndpointsThreshold: above it SEP/SVC rules lose comments
 LARGE_CLUSTER_ENDPOINTS = 1000
 _PROTO_NUM = {6: "tcp", 17: "udp", 132: "sctp"}
+_PROTO_CODE = {v: k for k, v in _PROTO_NUM.items()}
 _LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(h):
+    """splitmix64's finaliser (uint64 arrays)."""
+    h = h ^ (h >> np.uint64(30))
+    h = h * np.uint64(0xBF58476D1CE4E5B9)
+    h = h ^ (h >> np.uint64(27))
+    h = h * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
+def random_picks(seed, src, proto, dst, dport, sport, now, n) -> np.ndarray:
+    """The endpoint (0 .. n-1) the `--mode random` cascade picks for each
+    first packet (arrays, or scalars broadcast; addresses as uint32).
+
+    Simplification: the kernel draws from its per-CPU prandom state, so a
+    pick depends on everything that ran on that CPU before. Here it is a
+    keyed hash of the packet (addresses, ports, protocol) and the time it
+    meets the rule, under kube-proxy's seed: as uniform, the same for a
+    given packet however packets are batched (the interactive engine, the
+    bulk fast path and the flow cache decide alike, in any order), and a
+    connection that reuses a tuple later draws again."""
+    def u(x):
+        return np.atleast_1d(np.asarray(x)).astype(np.uint64)
+    h = _mix((u(seed) * _GOLDEN) ^ ((u(src) << np.uint64(32)) | u(dst)))
+    h = _mix(h ^ ((u(sport) << np.uint64(32)) | (u(dport) << np.uint64(16)) | u(proto)))
+    h = _mix(h ^ u(now))
+    return (((h >> np.uint64(32)) * u(n)) >> np.uint64(32)).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -266,7 +296,6 @@ class KubeProxy:
         self.localhost_nodeports = localhost_nodeports
         self.mh_port = mh_port
         self.extra_local_addresses = tuple(extra_local_addresses)
-        self._rng = np.random.default_rng(self.seed)
         # state that survives a resync, as in the kernel:
         self._recent: dict[str, dict[str, int]] = {}   # xt_recent lists, by KUBE-SEP name
         self.ipvs = None
@@ -275,7 +304,7 @@ class KubeProxy:
     # -- build -------------------------------------------------------------
     def update(self, state: ClusterState) -> None:
         """Resync from a new ClusterState. Affinity lists (keyed by KUBE-SEP
-        chain, as xt_recent's are), the random stream and IPVS scheduler state
+        chain, as xt_recent's are) and IPVS scheduler state
         are kept; connections already tracked are the data plane's business."""
         self.state = state
         me = state.nodes[self.node]
@@ -346,13 +375,14 @@ class KubeProxy:
         outside) or "OUTPUT" (sent by the node itself, hostNetwork pods
         included). from_local_pod / in_interface are informational (the
         local-traffic detector is ClusterCIDR: the source address decides).
-        src_port only matters to IPVS mh with mh-port."""
+        src_port: the connection's source port (IPVS mh with mh-port hashes
+        it; iptables' random pick takes it in, see `random_picks`)."""
         if hook not in ("PREROUTING", "OUTPUT"):
             raise ValueError(f"hook must be PREROUTING or OUTPUT, got {hook!r}")
         src, dst, p, dport = _ip(src_ip), _ip(dst_ip), _proto(proto), int(dst_port)
         if self.mode == "ipvs":
             return self.ipvs.decide(src, p, dst, dport, int(now_ns), hook, int(src_port))
-        return self._decide_iptables(src, p, dst, dport, int(now_ns), hook)
+        return self._decide_iptables(src, p, dst, dport, int(now_ns), hook, int(src_port))
 
     def _dst_local(self, dst: str, hook: str) -> bool:
         if dst in self.local_addresses:
@@ -361,7 +391,7 @@ class KubeProxy:
         # (route_localnet=1 with --iptables-localhost-nodeports, the default)
         return hook == "OUTPUT" and self.localhost_nodeports and ipaddress.IPv4Address(dst) in _LOOPBACK
 
-    def _decide_iptables(self, src, p, dst, dport, now, hook) -> Decision:
+    def _decide_iptables(self, src, p, dst, dport, now, hook, sport) -> Decision:
         path = ["KUBE-SERVICES"]
         hit = self._vips.get((dst, p, dport))
         dst_local = self._dst_local(dst, hook)
@@ -379,7 +409,7 @@ class KubeProxy:
                 masq = self.masquerade_all or not self.in_cluster(src)
                 if masq:
                     path.append("KUBE-MARK-MASQ")
-                return self._dispatch(sp, sp.internal_chain, sp.internal_eps, src, dst, dport, now, path, masq, what)
+                return self._dispatch(sp, sp.internal_chain, sp.internal_eps, src, dst, dport, now, path, masq, what, p, sport)
             # filter KUBE-SERVICES (FORWARD / OUTPUT)
             return self._filtered(sp, "KUBE-SERVICES", path, dst, dport, what)
         # external destinations: KUBE-EXT (if the service has endpoints anywhere)
@@ -389,18 +419,18 @@ class KubeProxy:
             path.append(sp.ext_chain)
             if not sp.etp_local:
                 path += ["KUBE-MARK-MASQ", sp.svc_chain]
-                return self._dispatch(sp, sp.svc_chain, sp.cluster_eps, src, dst, dport, now, path, True, what)
+                return self._dispatch(sp, sp.svc_chain, sp.cluster_eps, src, dst, dport, now, path, True, what, p, sport)
             if self.in_cluster(src):       # "pod traffic for ... external destinations"
                 path.append(sp.svc_chain)
                 return self._dispatch(sp, sp.svc_chain, sp.cluster_eps, src, dst, dport, now, path, False,
-                                      what + ", pod short-circuit")
+                                      what + ", pod short-circuit", p, sport)
             if hook == "OUTPUT" or self.is_local_address(src):   # --src-type LOCAL
                 path += ["KUBE-MARK-MASQ", sp.svc_chain]
                 return self._dispatch(sp, sp.svc_chain, sp.cluster_eps, src, dst, dport, now, path, True,
-                                      what + ", LOCAL source")
+                                      what + ", LOCAL source", p, sport)
             if sp.has_external:
                 path.append(sp.svl_chain)
-                return self._dispatch(sp, sp.svl_chain, sp.local_eps, src, dst, dport, now, path, False, what)
+                return self._dispatch(sp, sp.svl_chain, sp.local_eps, src, dst, dport, now, path, False, what, p, sport)
         # nothing DNATed: filter KUBE-EXTERNAL-SERVICES, hooked from INPUT and
         # FORWARD (not OUTPUT: host traffic to a non-local external IP leaves as is)
         if hook == "OUTPUT" and not dst_local:
@@ -417,7 +447,7 @@ class KubeProxy:
         return Decision(DROP, chains=tuple(path), service=sp.name,
                         explain=f"DROP {dst}:{dport}/{sp.proto}: {sp.name} has no local endpoints in filter {chain}")
 
-    def _dispatch(self, sp, chain, eps, src, dst, dport, now, path, masq, what) -> Decision:
+    def _dispatch(self, sp, chain, eps, src, dst, dport, now, path, masq, what, proto, sport) -> Decision:
         ep = None
         if sp.affinity_s:
             horizon = sp.affinity_s * 1_000_000_000
@@ -428,7 +458,9 @@ class KubeProxy:
                     break
         sticky = ep is not None
         if ep is None:
-            ep = eps[int(self._rng.integers(len(eps)))] if len(eps) > 1 else eps[0]
+            ep = eps[int(random_picks(self.seed, int(ipaddress.IPv4Address(src)), _PROTO_CODE[proto],
+                                      int(ipaddress.IPv4Address(dst)), dport, sport, now, len(eps))[0])] \
+                if len(eps) > 1 else eps[0]
         path.append(ep.chain)
         if src == ep.ip:                     # hairpin: -s <ep ip> -j KUBE-MARK-MASQ
             masq = True

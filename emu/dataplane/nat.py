@@ -134,11 +134,14 @@ class Nat:
         self.netns.annotations[pid] = f"{before}; {text}" if before else text
 
     def _reinsert(self, engine, c, rec, orig: Tuple, reply, now) -> int:
-        """Give connection c a new reply tuple: out of the hash and back in."""
+        """Give connection c a new reply tuple: out of the hash and back in
+        (no delete and no insert in the statistics: kernels.flow.renat)."""
         table = self.netns.conntrack.table
         state, expires = int(rec["state"]), int(rec["expires"])
         mark = int(rec["mark"])
         ct.delete(table, np.array([c], np.int32))
+        table.stats[ct.STAT_DELETED] -= 1
+        table.stats[ct.STAT_INSERT] -= 1   # given back by the insert below (or the one putting it back)
         u = lambda v, d: np.array([v], d)  # noqa: E731
         ins = ct.insert(table, u(0, np.uint16), u(orig.src, np.uint32), u(orig.dst, np.uint32),
                         u(orig.sport, np.uint16), u(orig.dport, np.uint16), u(orig.proto, np.uint8),

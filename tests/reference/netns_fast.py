@@ -79,12 +79,15 @@ def renat(model: Conntrack, c, rsrc, rdst, rsport, rdport, now) -> int:
     insert it again with the new reply tuple, the same original tuple, state
     and remaining time, keeping its mark; on a clash put it back as it was
     (its mark then lost, as the kernel's re-insert leaves it 0). The new
-    id, or -1 (clash, or c not live)."""
+    id, or -1 (clash, or c not live). No delete and no insert in the
+    statistics: a binding."""
     conn = model.conns.get(c)
     if conn is None:
         return -1
     left = max(conn.expires - now, 1)
     model.delete(c)
+    model.stats["deleted"] -= 1
+    model.stats["insert"] -= 1   # given back by the insert below (or the one putting it back)
     head = (conn.zone, *conn.orig, conn.proto)
     got, reason = model.insert(*head, rsrc, rdst, rsport, rdport, conn.state, left, now)
     if reason:

@@ -44,10 +44,12 @@ REPLY_FIELDS = ("zone", "proto", "reply_src", "reply_dst", "reply_sport", "reply
 
 def script(f, s, k, payload, isn_c, isn_s, ipid_c, ipid_s):
     """emu.bulk.traffic's packet s of flow f (TCP): (from server, flags, seq,
-    ack, IP id), for the handshake's SYN-ACK and ACK, the steady steps and the teardown."""
+    ack, IP id), for the handshake (SYN, SYN-ACK, ACK), the steady steps and the teardown."""
     ic, isv = int(isn_c[f]), int(isn_s[f])
     server = s == 1 or (s % 2 == 0 and s >= 4)
-    if s == 1:
+    if s == 0:
+        flags, seq, ack = SYN, ic, 0
+    elif s == 1:
         flags, seq, ack = SYN | ACK, isv, ic + 1
     elif s == 2:   # the handshake's last ACK
         flags, seq, ack = ACK, ic + 1, isv + 1
@@ -130,8 +132,9 @@ def _open_check(table, words, flags, opened, a):
     hit = in_index(table, orig)
     if hit is not None:
         rec = table.conns[hit[0]]
-        if hit[1] != ct.ORIGINAL or any(int(rec[k]) != w[k] for k in REPLY_FIELDS):
-            return None, "ct_open_busy"
+        if hit[1] != ct.ORIGINAL or any(int(rec[k]) != w[k] for k in REPLY_FIELDS) \
+                or (w["proto"] == 6 and flags == SYN):
+            return None, "ct_open_busy"   # (a SYN meeting its TCP connection: kube-proxy may pick again)
         return hit[0], None
     if w["proto"] == 6 and not rflow.ct_open(6, flags)[0]:
         return None, "ct_open_busy"
@@ -217,8 +220,8 @@ def _check(rows, frefs, r0, t, horizon, flags, s, ops, cts, refs, fdbs, peer, la
         elif kind == OP_CAP:
             if ref is None or not 0 <= a or a + 2 >= len(tpl) or not (0 <= ref[0] < 2**32 and 0 <= ref[1] < 2**16):
                 raise _bad(r, rows)
-            if s == 1:
-                return None, "synack_captured"
+            if s <= 1:
+                return None, "handshake_captured"
         elif kind != OP_DELIVER:
             raise _bad(r, rows)
     return tt, None
@@ -244,7 +247,7 @@ def replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_len
             if t >= horizon:
                 why = "horizon"
                 break
-            if not 1 <= s < 6 + 2 * k_data:
+            if not 0 <= s < 6 + 2 * k_data:
                 why = "step"
                 break
             server, flags, seq, ack, ip_id = script(f, s, k_data, payload, flows.isn_c, flows.isn_s,
