@@ -210,30 +210,34 @@ def _open_check(conns, index, stats, seed, w0, w1, w2, w3, flags, pending):
     for it after the packet's `pending` other inserts there (the commit
     inserts), (-1, 1) otherwise: the fast path decides (a clash, an expired
     entry to reap, a full table, a TCP packet that opens nothing, a SYN
-    meeting its TCP connection: the NAT hooks may bind it anew)."""
+    meeting its TCP connection: the NAT hooks may bind it anew). Then the
+    hashes of both tuples, for the commit's insert."""
     z, p, a, b, x, y, ra, rb, rx, ry = _words(w0, w1, w2, w3)
-    pos = ct._find(index, conns, ct._hash(z, p, a, b, x, y, seed), z, p, a, b, x, y)
+    h = ct._hash(z, p, a, b, x, y, seed)
+    hr = h
+    pos = ct._find(index, conns, h, z, p, a, b, x, y)
     if pos >= 0:
         word = index[pos]
         if ct._slot_direction(word) != ct.ORIGINAL or (p == 6 and flags == SYN):
-            return -1, 1
-        return ct._slot_conn(word), 0
+            return -1, 1, h, hr
+        return ct._slot_conn(word), 0, h, hr
     if not first_state(p, flags)[0]:
-        return -1, 1
-    if not (ra == a and rb == b and rx == x and ry == y) \
-            and ct._find(index, conns, ct._hash(z, p, ra, rb, rx, ry, seed), z, p, ra, rb, rx, ry) >= 0:
-        return -1, 1
-    return -1, 0 if stats[ct.STAT_COUNT] + pending < len(conns) else 1
+        return -1, 1, h, hr
+    if not (ra == a and rb == b and rx == x and ry == y):
+        hr = ct._hash(z, p, ra, rb, rx, ry, seed)
+        if ct._find(index, conns, hr, z, p, ra, rb, rx, ry) >= 0:
+            return -1, 1, h, hr
+    return -1, 0 if stats[ct.STAT_COUNT] + pending < len(conns) else 1, h, hr
 
 
 @jit
-def _open(conns, index, free_ids, stats, seed, w0, w1, w2, w3, flags, now):
-    """Insert a NEW_CONN reference's connection (checked by _open_check) as
-    the conntrack hook opens one (kernels.flow.first_state)."""
+def _open(conns, index, free_ids, stats, w0, w1, w2, w3, h, hr, flags, now):
+    """Insert a NEW_CONN reference's connection (checked by _open_check,
+    whose hashes h and hr are its tuples') as the conntrack hook opens one
+    (kernels.flow.first_state)."""
     z, p, a, b, x, y, ra, rb, rx, ry = _words(w0, w1, w2, w3)
     state = first_state(p, flags)[1]
-    return ct._insert_free(conns, index, free_ids, stats, ct._hash(z, p, a, b, x, y, seed),
-                           ct._hash(z, p, ra, rb, rx, ry, seed), z, p, a, b, x, y, ra, rb, rx, ry, np.uint8(state),
+    return ct._insert_free(conns, index, free_ids, stats, h, hr, z, p, a, b, x, y, ra, rb, rx, ry, np.uint8(state),
                            now + _timeout(np.int64(p), state, False))
 
 
@@ -277,6 +281,8 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
     n_ports = len(peer)
     open_table = np.empty(MAX_OPEN, np.int64)
     open_ref = np.empty(MAX_OPEN, np.int64)
+    open_h = np.empty(MAX_OPEN, np.uint64)      # their tuples' hashes, for the commit
+    open_hr = np.empty(MAX_OPEN, np.uint64)
     checked = np.zeros(2, np.bool_)
     path_lat = np.zeros(2, np.int64)
     path_rec = np.zeros(2, np.int64)
@@ -376,8 +382,8 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
                             if open_table[q] == a:
                                 pending += 1
                                 meet |= _tuples_meet(refs, open_ref[q], ref)
-                        c, busy = _open_check(cts[a], ct_index[a], ct_stats[a], ct_seeds[a], refs[ref, 1],
-                                              refs[ref, 2], refs[ref, 3], refs[ref, 4], flags, pending)
+                        c, busy, h, hr = _open_check(cts[a], ct_index[a], ct_stats[a], ct_seeds[a], refs[ref, 1],
+                                                     refs[ref, 2], refs[ref, 3], refs[ref, 4], flags, pending)
                         if busy or meet or (c < 0 and n_open == MAX_OPEN) or (c >= 0 and not _same_tuples(
                                 cts[a][c], refs[ref, 1], refs[ref, 2], refs[ref, 3], refs[ref, 4])):
                             ok = False   # a clash (here or in the table), no room, another reply tuple
@@ -385,6 +391,8 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
                         if c < 0:
                             open_table[n_open] = a
                             open_ref[n_open] = ref
+                            open_h[n_open] = h
+                            open_hr[n_open] = hr
                             n_open += 1
                             ref += 1
                             continue
@@ -471,15 +479,17 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
             outer_id = np.int64(0)
             tt = t
             ref = ref_start[key]
+            k_open = 0
             for r in range(first, first + count):
                 kind = ops[r, 0]
                 a = ops[r, 1]
                 if kind == OP_LINK:
                     tt += latency[a]
                 elif kind == OP_CT:
-                    if refs[ref, 0] == NEW_CONN:
-                        refs[ref, 0] = _open(cts[a], ct_index[a], ct_free[a], ct_stats[a], ct_seeds[a], refs[ref, 1],
-                                             refs[ref, 2], refs[ref, 3], refs[ref, 4], flags, tt)
+                    if refs[ref, 0] == NEW_CONN:   # the check's opens, in the same order
+                        refs[ref, 0] = _open(cts[a], ct_index[a], ct_free[a], ct_stats[a], refs[ref, 1], refs[ref, 2],
+                                             refs[ref, 3], refs[ref, 4], open_h[k_open], open_hr[k_open], flags, tt)
+                        k_open += 1
                     rec = cts[a][refs[ref, 0]]
                     ref += 1
                     if ops[r, 3] == ct.REPLY:   # what the lookup does

@@ -559,24 +559,28 @@ class FlowCache:
         f = np.asarray(f, np.int64)
         adopted = np.zeros(len(f), bool)
         server = np.full(len(f), -1, np.int64)
-        pair = (traffic.f_client[f].astype(np.int64) << 48) | (bip.astype(np.int64) << 16) | bport.astype(np.int64)
-        for key in np.unique(pair).tolist():
-            plan = self._syn.get((key >> 48, (key >> 16) & 0xFFFFFFFF, key & 0xFFFF))
+        pairs, inverse = distinct.pairs(traffic.f_client[f].astype(np.uint64),
+                                        (bip.astype(np.uint64) << np.uint64(16)) | bport.astype(np.uint64))
+        for j, (client, backend) in enumerate(pairs.tolist()):
+            plan = self._syn.get((client, backend >> 16, backend & 0xFFFF))
             if plan is None:
                 continue
             start, length, kind, words, srv_ns = plan
             room = (MAX_REFS - (self._n_refs - self._dead)) // max(len(kind), 1)   # within MAX_REFS, as learning
-            mine = np.nonzero(pair == key)[0][:max(room, 0)]
+            mine = np.nonzero(inverse == j)[0][:max(room, 0)]
             if not len(mine):
                 continue
             adopted[mine] = True
             server[mine] = srv_ns
             g = f[mine]
-            ports = np.where(kind[None, :] == 0, traffic.f_sport[g].astype(np.int64)[:, None],
-                             _syn_ports(traffic, g, self.engine.seed)[:, None])
             refs = np.empty((len(g), len(kind), REFS), np.int64)
             refs[:, :, 0] = rk.NEW_CONN
-            refs[:, :, 1:] = rk.tuple_words_with_port(words, ports)
+            refs[:, :, 1:3] = words[None, :, :2]
+            ports = (traffic.f_sport[g].astype(np.int64), _syn_ports(traffic, g, self.engine.seed) if kind.any() else None)
+            for k in range(len(kind)):   # rk.tuple_words_with_port, written in place
+                port = ports[kind[k]]
+                refs[:, k, 3] = (words[k, 2] & ~0xFFFF) | port
+                refs[:, k, 4] = (words[k, 3] & 0xFFFFFFFFFFFF) | (port << 48)
             base = self._append_refs(refs.reshape(-1, REFS))
             self.ref_start[2 * g] = base + len(kind) * np.arange(len(g))
             self.prog_start[2 * g] = start

@@ -671,7 +671,7 @@ class Traffic:
         self.echoes = np.zeros(self.n, np.int64)
         self.syn_sent = 0
         self.syns_carried = 0      # SYNs the flow cache carried (`_syns`)
-        self._waiting: list = []   # SYN-ACKs waiting for a scout (_synacks)
+        self._waiting: list = []   # SYNs and SYN-ACKs waiting for a scout (`_wait`)
         self._scouts: dict[int, int] = {}
         self._checks = (np.zeros(0, np.int64), np.zeros(0, np.int64))
         self._bind_servers()
@@ -898,7 +898,7 @@ class Traffic:
         scout_of = np.full(len(due), -1, np.int64)     # waiting for this scout
         adopt = np.zeros(len(due), bool)
         server, bip, bport = (np.zeros(len(due), d) for d in (np.int64, np.uint32, np.uint16))
-        for c in np.unique(client).tolist():
+        for c in np.flatnonzero(np.bincount(client)).tolist():
             mine = np.nonzero(client == c)[0]
             hook = cache.hooks.get(c)
             if hook is None:   # not seen reaching kube-proxy yet: down the fast path (it teaches)
@@ -922,7 +922,7 @@ class Traffic:
             server[mine], bip[mine], bport[mine] = srv, ip, port
             rest, ip, port = mine[~took], ip[~took], port[~took]
             pair = (ip.astype(np.int64) << 16) | port.astype(np.int64)
-            for p in np.unique(pair).tolist():
+            for p in (np.unique(pair).tolist() if len(pair) else []):
                 sel = rest[pair == p]
                 if (c, p >> 16, p & 0xFFFF) in self._warm and not cache.syn_plan_known(c, p >> 16, p & 0xFFFF):
                     self._scout(("syn", c, p), fd, sel, go, scout_of)
@@ -930,7 +930,7 @@ class Traffic:
                     go[sel] = True
         wait = scout_of >= 0
         if wait.any():
-            self._waiting.append((fd[wait], s[due][wait], td[wait], scout_of[wait]))
+            self._wait(fd[wait], s[due][wait], td[wait], scout_of[wait])
         s, t = s.copy(), t.copy()
         a = np.nonzero(adopt)[0]
         if len(a):
@@ -1040,7 +1040,7 @@ class Traffic:
                 go[mine[0]] = True
             scout_of[mine] = scout
         wait = due[untaught[~go]]
-        self._waiting.append((f[wait], s[wait], t[wait], scout_of[~go]))
+        self._wait(f[wait], s[wait], t[wait], scout_of[~go])
         keep = np.ones(len(f), bool)
         keep[wait] = False
         return f[keep], s[keep], t[keep]
@@ -1049,15 +1049,27 @@ class Traffic:
         """Whether scouts are back (the client has their SYN-ACK) or broke."""
         return (self.c_got[scout] >= 1) | self.broken[scout] | self.done[scout]
 
+    def _wait(self, f, s, t, scout, into=None) -> None:
+        """Items (f, s, t: SYNs or SYN-ACKs, all the same) wait for their scouts:
+        a chunk, with its distinct scouts and each item's among them."""
+        if len(f):
+            scouts, inverse = np.unique(scout, return_inverse=True)
+            (self._waiting if into is None else into).append((f, s, t, scouts, inverse.reshape(-1)))
+
     def _release(self, everything=False) -> None:
-        """SYNs and SYN-ACKs waiting for a scout that is back go (all, with everything)."""
-        if not self._waiting:
-            return
-        f, s, t, scout = (np.concatenate(x) for x in zip(*self._waiting))
-        go = np.ones(len(f), bool) if everything else np.where(s == 0, self._syn_taught(scout), self._taught(scout))
-        self._waiting = [(f[~go], s[~go], t[~go], scout[~go])] if not go.all() else []
-        if go.any():
+        """SYNs and SYN-ACKs waiting for a scout that is back go (all, with
+        everything); a chunk none of whose scouts is back stays as it is."""
+        keep = []
+        for f, s, t, scouts, inverse in self._waiting:
+            back = np.ones(len(scouts), bool) if everything else \
+                self._syn_taught(scouts) if s[0] == 0 else self._taught(scouts)
+            if not back.any():
+                keep.append((f, s, t, scouts, inverse))
+                continue
+            go = back[inverse]
             self._pending.append((f[go], s[go], t[go]))
+            self._wait(f[~go], s[~go], t[~go], scouts[inverse[~go]], into=keep)
+        self._waiting = keep
 
     def _horizon(self, end) -> int:
         """How far the flow cache may run ahead of the window: up to the
