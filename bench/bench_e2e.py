@@ -21,9 +21,10 @@ cni0, the backend's veth), in both directions.
 - baseline: Scapy building and dissecting the same packets (one build and one
   dissection per packet, no forwarding at all: a generous baseline).
 
-Each cluster is warmed (ARP and FDB learned, and the bulk engine's record of
-where its clients' SYNs go: emu.bulk.traffic's `_warmth`) before the
-measured run, and a new cluster is built for every round (setup, not timed).
+Each cluster is warmed (ARP and FDB learned, and the paths the bulk engine
+learned, which a run on a quiet engine starts with: emu.bulk.traffic's
+`_inherit`) before the measured run, and a new cluster is built for every
+round (setup, not timed).
 """
 from __future__ import annotations
 
@@ -105,7 +106,7 @@ def _cluster(capture: bool):
         backends = [f"{k[1]}/eth0" for k in c.fabric.pods if k[1].startswith("web-")]
         c.engine.capture([p for p in c.engine.ports if p.name.startswith(names) or p.name in backends])
     # twice: the first run resolves ARP and learns the FDBs, the second finds the engine
-    # quiet and leaves the next run where its clients' SYNs go (emu.bulk.traffic._warmth)
+    # quiet and hands the next run the paths it learned (emu.bulk.traffic._inherit)
     for _ in range(2):
         Traffic(c, CLIENTS, "web:80", flows=20, packets=1, rate_pps=1e6, capture="full" if capture else "off").run()
     return c

@@ -297,29 +297,34 @@ def test_synacks_follow_paths_whose_teachers_ended(tmp_path):
         assert getattr(r0, k) == getattr(r1, k), k
 
 
-def test_syns_wait_for_scouts_on_warm_paths(tmp_path):
-    """A burst of connections on an engine an earlier run left quiet
-    (engine.bulk_warm): kube-proxy's pick is made ahead for every SYN, one
-    SYN per backend goes down the fast path (the scout) and the others wait
-    for the path it teaches, then the flow cache carries them (all but the
-    40 that reuse the warm-up's source ports, in TIME_WAIT). The same
-    backends per flow, conntrack entries and statistics, and drops as
-    through the interactive engine; without the warm-up's record, no SYN waits."""
+def test_a_quiet_engine_hands_its_paths_to_the_next_run(tmp_path):
+    """A burst of connections on an engine whose last bulk run found it quiet
+    (no event since its cache was cleared: engine.bulk_legacy): the run starts
+    with that run's paths and plans, so kube-proxy's pick is made ahead for
+    every SYN and the flow cache carries them all at once (but the 40 that
+    reuse the warm-up's source ports, in TIME_WAIT), with no scout. The same
+    backends per flow, conntrack entries and statistics, and drops as through
+    the interactive engine. Without that run (the first warm-up resolved
+    ARP: events), or with kube-proxy's rules changed since, the burst's SYNs
+    all take the fast path: a path no SYN showed may be cold."""
     runs = {}
-    for mode in ("bulk", "interactive", "cold"):
+    for mode in ("bulk", "interactive", "cold", "resynced"):
         c = cluster(tmp_path, replicas=3, capture=False)
-        warm(c, "web:80", "tcp")            # resolves ARP: the engine is not quiet, nothing is left
+        warm(c, "web:80", "tcp")            # resolves ARP: the engine is not quiet, nothing is handed on
         if mode != "cold":
-            warm(c, "web:80", "tcp")        # finds it quiet: leaves where the client's SYNs go
+            warm(c, "web:80", "tcp")        # finds it quiet: hands on its paths
+        if mode == "resynced":
+            c.scale("default", "web", 4)
         t = Traffic(c, ["default/client"], "web:80", protocol="tcp", flows=300, packets=2,
                     engine="interactive" if mode == "interactive" else "bulk")
         r = t.run()
         runs[mode] = (r, t, _tables(c)[0], {n: ct.stats(node.ns.conntrack.table) for n, node in c.fabric.nodes.items()})
-    (rb, tb, ctb, sb), (ri, ti, cti, si), (_, tc, _, _) = runs["bulk"], runs["interactive"], runs["cold"]
-    syn_scouts = [k for k in tb._scouts if isinstance(k, tuple)]
-    assert len(syn_scouts) == len(rb.backends) == 3
-    assert tb.syns_carried == 300 - 40 - 3
-    assert tc.syns_carried == 0 and not any(isinstance(k, tuple) for k in tc._scouts)
+    (rb, tb, ctb, sb), (ri, ti, cti, si) = runs["bulk"], runs["interactive"]
+    assert tb.syns_carried == 300 - 40 and not tb._scouts and len(rb.backends) == 3
+    assert rb.cached == 300 * 10 - 40            # every packet but those 40 SYNs: the SYN-ACKs' plans came too
+    for mode in ("cold", "resynced"):
+        r, t, _, _ = runs[mode]
+        assert t.syns_carried == 0 and r.completed == 300, mode
     assert rb.completed == ri.completed == 300 and rb.broken == 0
     assert rb.backends == ri.backends and np.array_equal(tb.srv_ns, ti.srv_ns)
     assert rb.drops == ri.drops and rb.conntrack == ri.conntrack and sb == si

@@ -51,6 +51,12 @@ that flow's tuples with its source port (the DNAT binding included), or
 with its outer VXLAN flow's source port. The plan notes where the client's
 SYNs meet kube-proxy (`hooks`: the proxier and the latency to it), for the
 picks.
+
+From one run to the next. A run that ends with nothing having happened in
+the engine since its cache was last cleared hands the next run on that
+engine its paths and plans (`legacy`, `inherit`; emu.bulk.traffic checks
+kube-proxy's rules too): that run's SYNs and SYN-ACKs take them from its
+first packets on.
 """
 from __future__ import annotations
 
@@ -108,7 +114,6 @@ class FlowCache:
         self._synack: dict[int, tuple | None] = {}  # a client path's first row -> its SYN-ACK plan (`adopt`)
         self._syn: dict[tuple, tuple] = {}          # (client, backend ip, port) -> its SYN plan (`adopt_syns`)
         self.hooks: dict[int, tuple] = {}           # client -> where kube-proxy decides its SYNs (`_syn_plan`)
-        self._events_at: dict = {}                  # a SYN plan's pair or a hook's client -> engine.events then
         self._fresh: list = []                      # keys compiled since the last learn_plans
         # learner slots: rows (kind, a, b, c, fingerprint), how many, the key, the state
         self._rows = {name: np.zeros((MAX_ROWS, 0), np.int64) for name in ROW}
@@ -134,7 +139,7 @@ class FlowCache:
         self._synack.clear()
         self._syn.clear()
         self.hooks.clear()
-        self._events_at.clear()
+        self.quiet_since = self.engine.events       # what the cache holds was learned since
         self._fresh = []
         self._state[:] = FREE
         self._free[:] = np.arange(len(self._key) - 1, -1, -1)
@@ -482,7 +487,6 @@ class FlowCache:
             key = (int(traffic.f_client[donor]), int(traffic.srv_ip[donor]), int(traffic.srv_port[donor]))
             if key not in self._syn:
                 self._syn[key] = self._syn_plan(traffic, donor)
-                self._events_at[key] = self.engine.events
         g = g[self.prog_len[2 * g + 1] > 0]
         paths, first = np.unique(self.prog_start[2 * g], return_index=True)
         for p, donor in zip(paths.tolist(), g[first].tolist()):
@@ -533,19 +537,33 @@ class FlowCache:
         if hook is None:
             return None
         self.hooks[int(traffic.f_client[g])] = hook
-        self._events_at[int(traffic.f_client[g])] = self.engine.events
         return start, length, kind, words, int(traffic.srv_ns[g])
 
-    def learned_since(self, events: int):
-        """The hooks (client -> hook) and the (client, backend ip, port) pairs
-        with a SYN plan learned while the engine's event count was `events`."""
-        hooks = {c: h for c, h in self.hooks.items() if self._events_at.get(c, events) == events}
-        pairs = {k for k, plan in self._syn.items() if plan is not None and self._events_at[k] == events}
-        return hooks, pairs
+    # -- from one run to the next -------------------------------------------------------------
+    def legacy(self, clients) -> dict | None:
+        """What the next run on this engine may start with (`inherit`): the
+        paths, the numbering of the tables they name, the SYN and SYN-ACK
+        plans and the hooks (by client namespace id: clients, this run's);
+        None when something happened in the engine since the cache was last
+        cleared (what it holds may be stale: the same rule as `stale`).
+        Captured paths' templates are not kept: the next run's taps may differ."""
+        if self.engine.events != self.quiet_since:
+            return None
+        return {"ops": self.ops, "n_ops": self._n_ops, "paths": dict(self._paths), "synack": dict(self._synack),
+                "syn": {(clients[c], ip, port): plan for (c, ip, port), plan in self._syn.items()},
+                "hooks": {clients[c]: hook for c, hook in self.hooks.items()},
+                "numbers": (self._ct_ns, self._ct_objs, self._fdb_br, self._fdb_objs, self._enc_ns, self._enc_objs)}
 
-    def syn_plan_known(self, client: int, bip: int, bport: int) -> bool:
-        """Whether a SYN plan for the pair was tried (made, or found impossible)."""
-        return (client, bip, bport) in self._syn
+    def inherit(self, legacy: dict, clients) -> None:
+        """Start from an earlier run's `legacy` (clients: this run's client
+        namespace ids, in order): its flows are gone, its paths and plans hold."""
+        index = {nid: c for c, nid in enumerate(clients)}
+        self.ops, self._n_ops = legacy["ops"], legacy["n_ops"]
+        self._paths, self._synack = dict(legacy["paths"]), dict(legacy["synack"])
+        self._syn = {(index[n], ip, port): plan for (n, ip, port), plan in legacy["syn"].items() if n in index}
+        self.hooks = {index[n]: hook for n, hook in legacy["hooks"].items() if n in index}
+        (self._ct_ns, self._ct_objs, self._fdb_br, self._fdb_objs, self._enc_ns,
+         self._enc_objs) = legacy["numbers"]
 
     def adopt_syns(self, traffic, f, bip, bport) -> np.ndarray:
         """Flows f (uncaptured, no client program), their SYN due and

@@ -671,7 +671,7 @@ class Traffic:
         self.echoes = np.zeros(self.n, np.int64)
         self.syn_sent = 0
         self.syns_carried = 0      # SYNs the flow cache carried (`_syns`)
-        self._waiting: list = []   # SYNs and SYN-ACKs waiting for a scout (`_wait`)
+        self._waiting: list = []   # SYN-ACKs waiting for a scout (`_wait`)
         self._scouts: dict[int, int] = {}
         self._checks = (np.zeros(0, np.int64), np.zeros(0, np.int64))
         self._bind_servers()
@@ -722,15 +722,14 @@ class Traffic:
                     cache = self.fast.cache = FlowCache(eng, self.n, payload=self.template[:self.payload],
                                                         kinds={k: self._kind_text(i) for i, k in enumerate(TCP_KINDS)})
                     self._token = (eng.events, self.fast.handed_off)   # the cache is new: nothing stale
-                    self._events_at_start = eng.events
-                    self._warmth(cache, record=False)
+                    self._inherit(cache)
                 self._pending = [first]
                 self._loop(progress)
                 # the flow cache ran ahead of the last window: the clock goes on to
                 # the last delivery, as it would have with every packet in a window
                 eng.run(until_ns=max(eng.now, self._last))
-                if cache is not None:
-                    self._warmth(cache, record=True)
+                if cache is not None:   # for the next run (`_inherit`)
+                    eng.bulk_legacy = (self._rules(), cache.legacy([ns.id for ns in self.client_ns]))
             finally:
                 hugepages(huge)
                 if collecting:
@@ -881,21 +880,17 @@ class Traffic:
         its time at the rule, the same the fast path would draw). The kernel
         carries them to the server; those it leaves go down the fast path.
         Other SYNs go down the fast path, and teach: those of a client not yet
-        seen reaching kube-proxy, and those to a backend without a path yet.
-        But where an earlier run on this engine went that way with nothing
-        happening in the engine since (`_warmth`: no neighbour to resolve, no
-        table changed), one SYN (the scout) goes and the others wait for the
-        path it teaches (`_release`). Simplification: a waiting SYN is then
-        carried at its own time, out of time order, as the cache carries
-        SYN-ACKs (on a warm path what it meets does not depend on that order)."""
+        seen reaching kube-proxy, and those to a backend without a path yet
+        (a run on a quiet engine starts with what the last one learned:
+        `_inherit`). None waits: a path a SYN has not shown may be cold (a
+        neighbour to resolve, its queue to fill), and that depends on order."""
         cache = self.fast.cache
         due = np.nonzero((s == 0) & ~self.cap[f] & ~cache.has(2 * f))[0]
         if not len(due):
             return f, s, t
         fd, td = f[due], t[due]
         client = self.f_client[fd]
-        go = np.zeros(len(due), bool)                  # down the fast path now
-        scout_of = np.full(len(due), -1, np.int64)     # waiting for this scout
+        go = np.zeros(len(due), bool)                  # down the fast path
         adopt = np.zeros(len(due), bool)
         server, bip, bport = (np.zeros(len(due), d) for d in (np.int64, np.uint32, np.uint16))
         for c in np.flatnonzero(np.bincount(client)).tolist():
@@ -921,65 +916,28 @@ class Traffic:
             adopt[mine[took]] = True
             server[mine], bip[mine], bport[mine] = srv, ip, port
             rest, ip, port = mine[~took], ip[~took], port[~took]
-            pair = (ip.astype(np.int64) << 16) | port.astype(np.int64)
-            for p in (np.unique(pair).tolist() if len(pair) else []):
-                sel = rest[pair == p]
-                if (c, p >> 16, p & 0xFFFF) in self._warm and not cache.syn_plan_known(c, p >> 16, p & 0xFFFF):
-                    self._scout(("syn", c, p), fd, sel, go, scout_of)
-                else:   # a path that may be cold, or none a SYN can take: the fast path
-                    go[sel] = True
-        wait = scout_of >= 0
-        if wait.any():
-            self._wait(fd[wait], s[due][wait], td[wait], scout_of[wait])
+            go[rest] = True   # no path a SYN of theirs showed yet (or none it can take): the fast path
         s, t = s.copy(), t.copy()
         a = np.nonzero(adopt)[0]
         if len(a):
             self._syns_carried(fd[a], td[a], server[a], bip[a], bport[a], end, s, t, due[a])
-        keep = np.ones(len(f), bool)
-        keep[due[wait]] = False
-        return f[keep], s[keep], t[keep]
+        return f, s, t
 
-    def _scout(self, key, f, sel, go, scout_of) -> None:
-        """Items sel (of flows f) wait for the scout of `key` on its way; with
-        none, the last of them goes (down the fast path) as the scout (the
-        last: the first flows are the likeliest to reuse the source port of an
-        earlier run's connection, a path no other SYN takes)."""
-        scout = self._scouts.get(key, -1)
-        if scout < 0 or self._syn_taught(np.array([scout]))[0]:
-            scout = self._scouts[key] = int(f[sel[-1]])
-            go[sel[-1]] = True
-            sel = sel[:-1]
-        scout_of[sel] = scout
+    def _rules(self) -> tuple:
+        """What a path learned in an earlier run depends on besides the
+        engine's events: every kube-proxy's rules (a resync makes new ones),
+        and the engine's event count."""
+        return (self.eng.events, *(kp.service_ports for kp in self.cluster.proxies.values()))
 
-    def _warmth(self, cache, record: bool) -> None:
-        """What a bulk run on this engine leaves the next one (engine.bulk_warm):
-        where each client's SYNs meet kube-proxy (FlowCache.hooks) and the
-        (client, backend) pairs its SYNs reached, valid while nothing happens in
-        the engine (its event count: timers, interactive devices) and kube-proxy
-        keeps its rules. At the start (record False) the run takes them as its
-        own, by client; at the end it leaves what it learned after the engine's
-        last event (and what it took, if there was none)."""
-        eng = self.eng
-        ids = [ns.id for ns in self.client_ns]
-        if not record:
-            self._warm, self._seeded = set(), set()
-            events, hooks, pairs = getattr(eng, "bulk_warm", None) or (None, {}, set())
-            if events != eng.events:
-                return
-            for c, nid in enumerate(ids):
-                hook = hooks.get(nid)
-                if hook is not None and hook[2] is hook[0].kube_proxy.service_ports:
-                    cache.hooks[c] = hook[:2]
-                    self._seeded.add(c)
-                    self._warm |= {(c, ip, port) for n, ip, port in pairs if n == nid}
-            return
-        hooks, pairs = cache.learned_since(eng.events)
-        if eng.events == self._events_at_start:
-            pairs |= self._warm
-        else:
-            hooks = {c: h for c, h in hooks.items() if c not in self._seeded}
-        hooks = {ids[c]: (*hook, hook[0].kube_proxy.service_ports) for c, hook in hooks.items()}
-        eng.bulk_warm = (eng.events, hooks, {(ids[c], ip, port) for c, ip, port in pairs})
+    def _inherit(self, cache) -> None:
+        """Start the flow cache from what the last bulk run on this engine
+        learned (FlowCache.legacy), if nothing happened since: no event, the
+        same kube-proxy rules."""
+        rules, legacy = getattr(self.eng, "bulk_legacy", None) or ((), None)
+        now = self._rules()
+        if legacy is not None and len(rules) == len(now) and all(a is b for a, b in zip(rules[1:], now[1:])) \
+                and rules[0] == now[0]:
+            cache.inherit(legacy, [ns.id for ns in self.client_ns])
 
     def _syns_carried(self, f, t, server, bip, bport, end, s_all, t_all, at) -> None:
         """The kernel carries adopted SYNs (flows f, due at t) to their
@@ -1009,12 +967,6 @@ class Traffic:
             self.delivered += n
             self._lat.append(np.repeat(lat, sent))
             self._last = max(self._last, last)
-
-    def _syn_taught(self, scout) -> np.ndarray:
-        """Whether SYN scouts taught their path (their client program is
-        compiled), or will not (their SYN-ACK came, they broke or sent their SYN again)."""
-        return self.fast.cache.has(2 * scout) | (self.c_got[scout] >= 1) | self.broken[scout] | self.done[scout] \
-            | (self.syn_tries[scout] > 0)
 
     def _synacks(self, f, s, t):
         """SYN-ACKs due take the server program of a flow on the same client
@@ -1050,19 +1002,18 @@ class Traffic:
         return (self.c_got[scout] >= 1) | self.broken[scout] | self.done[scout]
 
     def _wait(self, f, s, t, scout, into=None) -> None:
-        """Items (f, s, t: SYNs or SYN-ACKs, all the same) wait for their scouts:
+        """SYN-ACKs (f, s, t) wait for their scouts:
         a chunk, with its distinct scouts and each item's among them."""
         if len(f):
             scouts, inverse = np.unique(scout, return_inverse=True)
             (self._waiting if into is None else into).append((f, s, t, scouts, inverse.reshape(-1)))
 
     def _release(self, everything=False) -> None:
-        """SYNs and SYN-ACKs waiting for a scout that is back go (all, with
-        everything); a chunk none of whose scouts is back stays as it is."""
+        """SYN-ACKs waiting for a scout that is back go (all, with everything);
+        a chunk none of whose scouts is back stays as it is."""
         keep = []
         for f, s, t, scouts, inverse in self._waiting:
-            back = np.ones(len(scouts), bool) if everything else \
-                self._syn_taught(scouts) if s[0] == 0 else self._taught(scouts)
+            back = np.ones(len(scouts), bool) if everything else self._taught(scouts)
             if not back.any():
                 keep.append((f, s, t, scouts, inverse))
                 continue
