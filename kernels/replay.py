@@ -23,7 +23,9 @@ ref_start[key] on, one per OP_CT and OP_CAP row of the path, in path order
                                         it is the flow's from then on; else it is inserted if
                                         both tuples are free and the table has room (at most
                                         MAX_OPEN a packet, no two sharing a tuple), as the hook
-                                        opens one
+                                        opens one. On a REPLY row it names one an earlier
+                                        packet of the flow opened: found so, it is the flow's
+                                        from then on; else the fast path takes the packet
     OP_FDB_LEARN a = bridge,            br_fdb_update of the source MAC b: its entry still says
                  b = MAC, c = port,     ingress port c and has not aged; its time is refreshed
                  d = slot hint
@@ -231,6 +233,18 @@ def _open_check(conns, index, stats, seed, w0, w1, w2, w3, flags, pending):
 
 
 @jit
+def _held(conns, index, seed, w0, w1, w2, w3):
+    """The connection holding a NEW_CONN reference's tuples (original tuple
+    in the ORIGINAL direction, the same reply tuple), or -1."""
+    z, p, a, b, x, y, ra, rb, rx, ry = _words(w0, w1, w2, w3)
+    pos = ct._find(index, conns, ct._hash(z, p, a, b, x, y, seed), z, p, a, b, x, y)
+    if pos < 0 or ct._slot_direction(index[pos]) != ct.ORIGINAL:
+        return -1
+    c = ct._slot_conn(index[pos])
+    return c if _same_tuples(conns[c], w0, w1, w2, w3) else -1
+
+
+@jit
 def _open(conns, index, free_ids, stats, w0, w1, w2, w3, h, hr, flags, now):
     """Insert a NEW_CONN reference's connection (checked by _open_check,
     whose hashes h and hr are its tuples') as the conntrack hook opens one
@@ -372,9 +386,15 @@ def _replay(flow, step, time, end, horizon, k_data, payload, prog_start, prog_le
                 elif kind == OP_CT:
                     direction = ops[r, 3]
                     if a < 0 or a >= n_cts or ref < 0 or ref >= len(refs) or refs[ref, 0] < NEW_CONN \
-                            or refs[ref, 0] >= len(cts[a]) or (direction != ct.ORIGINAL and direction != ct.REPLY) \
-                            or (refs[ref, 0] == NEW_CONN and direction != ct.ORIGINAL):
+                            or refs[ref, 0] >= len(cts[a]) or (direction != ct.ORIGINAL and direction != ct.REPLY):
                         return -2 - r
+                    if refs[ref, 0] == NEW_CONN and direction == ct.REPLY:   # opened by the flow before
+                        c = _held(cts[a], ct_index[a], ct_seeds[a], refs[ref, 1], refs[ref, 2], refs[ref, 3],
+                                  refs[ref, 4])
+                        if c < 0:
+                            ok = False
+                            break
+                        refs[ref, 0] = c   # the flow's from then on, checked below as any
                     if refs[ref, 0] == NEW_CONN:
                         pending = 0
                         meet = False

@@ -110,7 +110,8 @@ def _templates(rng, n_ports):
 def _ct_ref(conns, b, rng, bad, opens=False):
     """An OP_CT reference to connection b: b and its tuples' words. opens: a
     NEW_CONN reference instead, to b's tuples (the packet finds it), or to
-    tuples near them (it opens a connection, or meets a clash)."""
+    tuples near them (it opens a connection, or meets a clash; on a REPLY
+    row: not held)."""
     rec = conns[b:b + 1].copy()
     if opens and rng.random() < 0.7:
         k = str(rng.choice(("orig_sport", "reply_dport", "orig_src")))
@@ -128,7 +129,7 @@ def _ref(rng, row, w):
     """A flow's reference for a path's OP_CT or OP_CAP row (its ports there and its VXLAN source port)."""
     if row[0] == OP_CT:
         conns = w["cts"][row[1]].conns
-        opens = row[3] == ct.ORIGINAL and rng.random() < 0.45
+        opens = rng.random() < (0.45 if row[3] == ct.ORIGINAL else 0.3)   # on REPLY rows: found, or not held
         return _ct_ref(conns, int(rng.integers(0, len(conns))), rng, w["bad"], opens)
     return [int(rng.integers(0, 2**32)), int(rng.integers(0, 2**16)), 0, 0, 0]
 
@@ -380,7 +381,7 @@ def test_worlds_reach_every_branch():
     reasons = set(stops)
     want = {"full", "horizon", "arrives_late", "step", "no_program", "link", "ct_unconfirmed", "ct_tuples",
             "ct_expired", "ct_reply_unseen", "ct_tcp_invalid", "fdb_no_learning", "fdb_unknown", "fdb_port",
-            "fdb_aged", "ct_open_busy", "handshake_captured"}
+            "fdb_aged", "ct_open_busy", "handshake_captured", "ct_not_held"}
     assert want - reasons == set(), sorted(map(str, want - reasons))
     assert sent > 800 and caps > 100 and encaps > 50 and fuller > 10 and 0 < raised < 30
     assert opened > 10 and synacks > 20
@@ -589,7 +590,7 @@ GOOD_ROWS = [[OP_LINK, 0, 0, 0, 0], [OP_CT, 0, 0, 0, 0], [OP_FDB_LEARN, 0, 0x020
 # a row, and the flow's references (None: _one_row's)
 BAD_ROWS = [([OP_LINK, 2, 0, 0, 0], None), ([OP_LINK, -1, 0, 0, 0], None), ([OP_CT, 1, 0, 0, 0], None),
             ([OP_CT, 0, 0, 2, 0], None), ([OP_CT, 0, 0, 0, 0], []), ([OP_CT, 0, 0, 0, 0], [[2, 0, 0, 0, 0]]),
-            ([OP_CT, 0, 0, 0, 0], [[-2, 0, 0, 0, 0]]), ([OP_CT, 0, 0, 1, 0], [[rk.NEW_CONN, 0, 0, 0, 0]]),
+            ([OP_CT, 0, 0, 0, 0], [[-2, 0, 0, 0, 0]]),
             ([OP_FDB_LEARN, 1, 0x020000000001, 0, -1], None),
             ([OP_FDB_LEARN, 0, 0x020000000001, -1, -1], None), ([OP_FDB_FWD, -1, 0x020000000001, 0, -1], None),
             ([OP_ENCAP, 1, 0, 0, 0], None), ([OP_CAP, 1, 0, 0, 0], None), ([OP_CAP, -1, 0, 0, 0], None),

@@ -849,20 +849,19 @@ class Traffic:
         cache.compile()
         cache.learn_plans(self)
         f, s, t = self._syns(f, s, t, end)
-        f, s, t = self._synacks(f, s, t)
+        f, s, t = self._synacks(f, s, t, end)
         key = 2 * f + _tcp_from_server(s)
         go = (s >= 1) & (s < self.steps) & cache.has(key)
-        if not go.any():
-            return f, s, t
-        g = np.nonzero(go)[0]
-        s2, t2, sent, lat, last = cache.run(self, f[g], s[g], t[g], end, self._horizon(end))
-        left = (s2 == 1) & (s[g] == 1)
-        if left.any():   # SYN-ACKs the kernel did not carry: the fast path's, and it learns their way
-            cache.unadopt(f[g][left])
-        self._carried(sent, lat, last)
-        s, t = s.copy(), t.copy()
-        s[g], t[g] = s2, t2
-        finished = s >= self.steps
+        if go.any():
+            g = np.nonzero(go)[0]
+            s2, t2, sent, lat, last = cache.run(self, f[g], s[g], t[g], end, self._horizon(end))
+            left = (s2 == 1) & (s[g] == 1)
+            if left.any():   # SYN-ACKs the kernel did not carry: the fast path's, and it learns their way
+                cache.unadopt(f[g][left])
+            self._carried(sent, lat, last)
+            s, t = s.copy(), t.copy()
+            s[g], t[g] = s2, t2
+        finished = s >= self.steps   # (the SYNs' items too: `_syns` carries them on)
         if finished.any():    # the last ACK arrived
             self._finished(f[finished])
             f, s, t = f[~finished], s[~finished], t[~finished]
@@ -892,7 +891,7 @@ class Traffic:
         client = self.f_client[fd]
         go = np.zeros(len(due), bool)                  # down the fast path
         adopt = np.zeros(len(due), bool)
-        server, bip, bport = (np.zeros(len(due), d) for d in (np.int64, np.uint32, np.uint16))
+        server = np.zeros(len(due), np.int64)
         for c in np.flatnonzero(np.bincount(client)).tolist():
             mine = np.nonzero(client == c)[0]
             hook = cache.hooks.get(c)
@@ -914,13 +913,17 @@ class Traffic:
             mine, ip, port = mine[ok], ip[ok], port[ok]
             took, srv = cache.adopt_syns(self, fd[mine], ip, port)
             adopt[mine[took]] = True
-            server[mine], bip[mine], bport[mine] = srv, ip, port
+            server[mine] = srv
+            g = fd[mine[took]]   # what their server will see (`_arrived`), for their SYN-ACKs' plans
+            self.srv_ns[g], self.srv_ip[g], self.srv_port[g] = srv[took], ip[took], port[took]
+            self.peer_ip[g], self.peer_port[g] = self.f_ip[g], self.f_sport[g]
+            cache.adopt(self, g)   # and their SYN-ACKs, where their path has a plan
             rest, ip, port = mine[~took], ip[~took], port[~took]
             go[rest] = True   # no path a SYN of theirs showed yet (or none it can take): the fast path
         s, t = s.copy(), t.copy()
         a = np.nonzero(adopt)[0]
         if len(a):
-            self._syns_carried(fd[a], td[a], server[a], bip[a], bport[a], end, s, t, due[a])
+            self._syns_carried(fd[a], td[a], server[a], end, s, t, due[a])
         return f, s, t
 
     def _rules(self) -> tuple:
@@ -939,21 +942,26 @@ class Traffic:
                 and rules[0] == now[0]:
             cache.inherit(legacy, [ns.id for ns in self.client_ns])
 
-    def _syns_carried(self, f, t, server, bip, bport, end, s_all, t_all, at) -> None:
+    def _syns_carried(self, f, t, server, end, s_all, t_all, at) -> None:
         """The kernel carries adopted SYNs (flows f, due at t) to their
-        backend; the server learns each flow's peer as from its first packet
-        (`_arrived`). Their items (at, in s_all / t_all) move on to the
-        SYN-ACK; the ones left keep their SYN, their programs taken back."""
+        backend, and on as far as it can (their SYN-ACKs too, where adopted:
+        their references find the connections the SYN opened); the server
+        learns each flow's peer as from its first packet (`_arrived`). Their
+        items (at, in s_all / t_all) move on; those left at their SYN keep it,
+        those left at their SYN-ACK too (the fast path's), their programs
+        taken back."""
         cache = self.fast.cache
         s2, t2, sent, lat, last = cache.run(self, f, np.zeros(len(f), np.int64), t, end, self._horizon(end))
         left = s2 == 0
-        if left.any():
-            cache.unadopt_syns(f[left])
+        if left.any():   # their server has not seen them yet
+            fl = f[left]
+            cache.unadopt_syns(fl)
+            self.srv_ns[fl], self.srv_ip[fl], self.srv_port[fl], self.peer_ip[fl], self.peer_port[fl] = -1, 0, 0, 0, 0
+        synack = (s2 <= 1) & cache.has(2 * f + 1)
+        if synack.any():
+            cache.unadopt(f[synack])
         got = ~left
         self.syns_carried += int(got.sum())
-        fs = f[got]
-        self.srv_ns[fs], self.srv_ip[fs], self.srv_port[fs] = server[got], bip[got], bport[got]
-        self.peer_ip[fs], self.peer_port[fs] = self.f_ip[fs], self.f_sport[fs]
         for ns, hits in zip(*np.unique(server[got], return_counts=True)):
             self._backend_hits[int(ns)] = self._backend_hits.get(int(ns), 0) + int(hits)
         self._carried(sent, lat, last)
@@ -968,14 +976,16 @@ class Traffic:
             self._lat.append(np.repeat(lat, sent))
             self._last = max(self._last, last)
 
-    def _synacks(self, f, s, t):
-        """SYN-ACKs due take the server program of a flow on the same client
-        path (FlowCache.adopt). On a path no flow has taught yet, one SYN-ACK
-        (the scout) goes down the fast path and teaches it; the others wait
-        until the client has the scout's (or the scout broke), then go at
-        their own times (`_release`): the cache carries packets out of time
-        order as it does ahead of the window (kernels.replay)."""
-        due = np.nonzero(s == 1)[0]
+    def _synacks(self, f, s, t, end):
+        """SYN-ACKs due before `end` take the server program of a flow on the
+        same client path (FlowCache.adopt). On a path no flow has taught yet,
+        one SYN-ACK (the scout) goes down the fast path and teaches it; the
+        others wait until the client has the scout's (or the scout broke),
+        then go at their own times (`_release`): the cache carries packets out
+        of time order as it does ahead of the window (kernels.replay). (A
+        SYN-ACK due later, after a SYN the cache carried ahead, waits in the
+        pending items until it is due: a scout goes when it is chosen.)"""
+        due = np.nonzero((s == 1) & (t < end))[0]
         if not len(due):
             return f, s, t
         adopted, path = self.fast.cache.adopt(self, f[due])

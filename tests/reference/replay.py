@@ -174,10 +174,16 @@ def _check(rows, frefs, r0, t, horizon, flags, s, ops, cts, refs, fdbs, peer, la
                 return None, "link"
             tt += int(latency[a])
         elif kind == OP_CT:
-            if ref is None or not (0 <= a < len(cts) and NEW_CONN <= ref[0] < len(cts[a].conns)) or c not in (0, 1) \
-                    or (ref[0] == NEW_CONN and c != ct.ORIGINAL):
+            if ref is None or not (0 <= a < len(cts) and NEW_CONN <= ref[0] < len(cts[a].conns)) or c not in (0, 1):
                 raise _bad(r, rows)
             conn = ref[0]
+            if conn == NEW_CONN and c == ct.REPLY:   # one the flow opened before: found by its tuples
+                orig, _ = _two_tuples(ref[1:5])
+                hit = in_index(cts[a], orig)
+                if hit is None or hit[1] != ct.ORIGINAL or any(int(cts[a].conns[hit[0]][k]) != v
+                                                                for k, v in words_tuple(*ref[1:5]).items()):
+                    return None, "ct_not_held"
+                conn = refs[ref[-1]][0] = hit[0]
             if conn == NEW_CONN:
                 conn, why = _open_check(cts[a], ref[1:5], flags, opened, a)
                 if why is not None:
