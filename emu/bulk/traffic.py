@@ -877,7 +877,7 @@ class Traffic:
         them is known: made here, ahead, where its rules need no order
         (Decider.stateless; iptables' random pick is a hash of the packet and
         its time at the rule, the same the fast path would draw). The kernel
-        carries them to the server; those it leaves go down the fast path.
+        carries them on (`_syns_carried`); those it leaves go down the fast path.
         Other SYNs go down the fast path, and teach: those of a client not yet
         seen reaching kube-proxy, and those to a backend without a path yet
         (a run on a quiet engine starts with what the last one learned:
@@ -918,8 +918,7 @@ class Traffic:
             self.srv_ns[g], self.srv_ip[g], self.srv_port[g] = srv[took], ip[took], port[took]
             self.peer_ip[g], self.peer_port[g] = self.f_ip[g], self.f_sport[g]
             cache.adopt(self, g)   # and their SYN-ACKs, where their path has a plan
-            rest, ip, port = mine[~took], ip[~took], port[~took]
-            go[rest] = True   # no path a SYN of theirs showed yet (or none it can take): the fast path
+            go[mine[~took]] = True   # no path a SYN of theirs showed yet (or none it can take): the fast path
         s, t = s.copy(), t.copy()
         a = np.nonzero(adopt)[0]
         if len(a):
@@ -938,8 +937,8 @@ class Traffic:
         same kube-proxy rules."""
         rules, legacy = getattr(self.eng, "bulk_legacy", None) or ((), None)
         now = self._rules()
-        if legacy is not None and len(rules) == len(now) and all(a is b for a, b in zip(rules[1:], now[1:])) \
-                and rules[0] == now[0]:
+        if legacy is not None and len(rules) == len(now) and rules[0] == now[0] \
+                and all(a is b for a, b in zip(rules[1:], now[1:])):
             cache.inherit(legacy, [ns.id for ns in self.client_ns])
 
     def _syns_carried(self, f, t, server, end, s_all, t_all, at) -> None:
