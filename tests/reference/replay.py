@@ -123,6 +123,20 @@ def _two_tuples(words):
     return {k: w[k] for k in ORIG_FIELDS}, dict(zip(ORIG_FIELDS, (w[k] for k in REPLY_FIELDS)))
 
 
+def _held(table, words):
+    """The connection whose ORIGINAL index entry holds the words' original
+    tuple, its record holding both of their tuples, or None. (A connection
+    whose reply tuple is its original one has two index entries for it: the
+    ORIGINAL one is the one meant.)"""
+    w = words_tuple(*words)
+    for word in table.index.tolist():
+        if word != 2**64 - 1 and word & 1 == ct.ORIGINAL:
+            conn = (word & 0xFFFFFFFF) >> 1
+            if all(int(table.conns[conn][k]) == v for k, v in w.items()):
+                return conn
+    return None
+
+
 def _open_check(table, words, flags, opened, a):
     """A NEW_CONN reference: (conn found holding its tuples as ORIGINAL, None),
     (None, None) when the commit may insert it, or (None, why). opened: the
@@ -178,12 +192,10 @@ def _check(rows, frefs, r0, t, horizon, flags, s, ops, cts, refs, fdbs, peer, la
                 raise _bad(r, rows)
             conn = ref[0]
             if conn == NEW_CONN and c == ct.REPLY:   # one the flow opened before: found by its tuples
-                orig, _ = _two_tuples(ref[1:5])
-                hit = in_index(cts[a], orig)
-                if hit is None or hit[1] != ct.ORIGINAL or any(int(cts[a].conns[hit[0]][k]) != v
-                                                                for k, v in words_tuple(*ref[1:5]).items()):
+                conn = _held(cts[a], ref[1:5])
+                if conn is None:
                     return None, "ct_not_held"
-                conn = refs[ref[-1]][0] = hit[0]
+                refs[ref[-1]][0] = conn
             if conn == NEW_CONN:
                 conn, why = _open_check(cts[a], ref[1:5], flags, opened, a)
                 if why is not None:
