@@ -150,12 +150,13 @@ def tuple_words_with_port(words, port) -> np.ndarray:
     """Tuple words (last axis: tuple_words' four) with the original source
     port and the reply's destination port made `port` (broadcast against
     the words' rows): a connection without NAT whose client port differs."""
-    port = np.asarray(port, np.uint64)
-    shape = np.broadcast_shapes(np.shape(words)[:-1], port.shape) + (4,)
-    w = np.broadcast_to(np.asarray(words, np.int64), shape).copy().view(np.uint64)
-    w[..., 2] = (w[..., 2] & ~np.uint64(0xFFFF)) | port
-    w[..., 3] = (w[..., 3] & np.uint64(0xFFFFFFFFFFFF)) | (port << np.uint64(48))
-    return w.view(np.int64)
+    port = np.asarray(port, np.int64)
+    words = np.asarray(words, np.int64)
+    out = np.empty(np.broadcast_shapes(words.shape[:-1], port.shape) + (4,), np.int64)
+    out[..., :2] = words[..., :2]
+    out[..., 2] = (words[..., 2] & ~0xFFFF) | port
+    out[..., 3] = (words[..., 3] & 0xFFFFFFFFFFFF) | (port << 48)   # int64 bits: the uint64 word's
+    return out
 
 
 @jit

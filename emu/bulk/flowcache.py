@@ -419,8 +419,9 @@ class FlowCache:
             self._adopt(traffic, f[mine], *plan)
         return adopted, path
 
-    def unadopt(self, f) -> None:
-        keys = 2 * np.asarray(f, np.int64) + 1
+    def unadopt(self, f, server: bool = True) -> None:
+        """Take back flows' adopted programs: their SYN-ACK's (server), or their SYN's."""
+        keys = 2 * np.asarray(f, np.int64) + int(server)
         self._dead += int(self._n_path_refs(keys).sum())
         self.prog_len[keys] = 0
 
@@ -511,11 +512,12 @@ class FlowCache:
         at = np.nonzero(rows[:, 0] == OP_CT)[0]
         words = self.refs[self.ref_start[2 * g]:self.ref_start[2 * g] + len(at), 1:].copy()
         sport = int(traffic.f_sport[g])
-        outer = int(_syn_ports(traffic, np.array([g]), self.engine.seed)[0])
+        outer = int(_vxlan_ports(traffic.f_ip[g:g + 1], traffic.vip, traffic.f_sport[g:g + 1], traffic.vport,
+                                 self.engine.seed)[0])
         kind = np.zeros(len(at), np.int64)
         hook = None
         for j in range(len(at)):
-            z, p, a, b, x, y, ra, rb, rx, ry = _decode(words[j])
+            z, p, a, b, x, y, ra, rb, rx, ry = (int(v) for v in rk._words(*words[j]))
             if rows[at[j], 3] != 0:   # ORIGINAL rows only: the SYN opens each connection it steps
                 return None
             if x == sport and ry == sport and a == rb == traffic.f_ip[g]:
@@ -571,8 +573,9 @@ class FlowCache:
         (client, backend) has a SYN plan gets that path as its client
         program, with NEW_CONN references of its own (kernels.replay): the
         plan's tuples with its source port, or its outer VXLAN flow's
-        (`_syn_ports`). Returns which did
-        and their backend's namespace (id); `unadopt_syns` takes back the
+        (`_vxlan_ports` of its frame before DNAT: the hash the skb keeps).
+        Returns which did
+        and their backend's namespace (id); `unadopt` takes back the
         programs of those the kernel then left."""
         f = np.asarray(f, np.int64)
         adopted = np.zeros(len(f), bool)
@@ -591,24 +594,16 @@ class FlowCache:
             adopted[mine] = True
             server[mine] = srv_ns
             g = f[mine]
+            outer = _vxlan_ports(traffic.f_ip[g], traffic.vip, traffic.f_sport[g], traffic.vport, self.engine.seed)
             refs = np.empty((len(g), len(kind), REFS), np.int64)
             refs[:, :, 0] = rk.NEW_CONN
-            refs[:, :, 1:3] = words[None, :, :2]
-            ports = (traffic.f_sport[g].astype(np.int64), _syn_ports(traffic, g, self.engine.seed) if kind.any() else None)
-            for k in range(len(kind)):   # rk.tuple_words_with_port, written in place
-                port = ports[kind[k]]
-                refs[:, k, 3] = (words[k, 2] & ~0xFFFF) | port
-                refs[:, k, 4] = (words[k, 3] & 0xFFFFFFFFFFFF) | (port << 48)
+            refs[:, :, 1:] = rk.tuple_words_with_port(words, np.where(kind == 0, traffic.f_sport[g][:, None],
+                                                                      outer[:, None]))
             base = self._append_refs(refs.reshape(-1, REFS))
             self.ref_start[2 * g] = base + len(kind) * np.arange(len(g))
             self.prog_start[2 * g] = start
             self.prog_len[2 * g] = length
         return adopted, server
-
-    def unadopt_syns(self, f) -> None:
-        keys = 2 * np.asarray(f, np.int64)
-        self._dead += int(self._n_path_refs(keys).sum())
-        self.prog_len[keys] = 0
 
     # -- replay -----------------------------------------------------------------------------
     def run(self, traffic, f, s, t, end: int, horizon: int) -> rk.Result:
@@ -670,28 +665,18 @@ _NO_RECORDS = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int3
 
 
 def _synack_ports(traffic, f, seed) -> np.ndarray:
-    """The VXLAN source port of each flow's SYN-ACK: udp_flow_src_port of
-    its flow hash, made from the frame the server sends (emu.bulk.traffic)."""
-    h = hashing.flow_hash(traffic.srv_ip[f], traffic.peer_ip[f], traffic.srv_port[f], traffic.peer_port[f],
-                          np.full(len(f), 6, np.uint8), seed)
+    """The VXLAN source port of each flow's SYN-ACK, made from the frame the server sends (emu.bulk.traffic)."""
+    return _vxlan_ports(traffic.srv_ip[f], traffic.peer_ip[f], traffic.srv_port[f], traffic.peer_port[f], seed)
+
+
+def _vxlan_ports(src, dst, sport, dport, seed) -> np.ndarray:
+    """udp_flow_src_port of each TCP packet's flow hash (scalars broadcast):
+    the source port its VXLAN encapsulation takes."""
+    src, dst, sport, dport = np.broadcast_arrays(np.asarray(src, np.uint32), np.asarray(dst, np.uint32),
+                                                 np.asarray(sport, np.uint16), np.asarray(dport, np.uint16))
+    h = hashing.flow_hash(*(np.ascontiguousarray(x) for x in (src, dst, sport, dport)),
+                          np.full(len(src), 6, np.uint8), seed)
     return hashing.udp_source_port(h, 0, 0).astype(np.int64)
-
-
-def _syn_ports(traffic, f, seed) -> np.ndarray:
-    """The VXLAN source port of each flow's packets to the server:
-    udp_flow_src_port of the flow hash the client's frame got when sent
-    (before DNAT; the packet keeps it, as an skb its hash)."""
-    n = len(f)
-    h = hashing.flow_hash(traffic.f_ip[f], np.full(n, traffic.vip, np.uint32), traffic.f_sport[f],
-                          np.full(n, traffic.vport, np.uint16), np.full(n, 6, np.uint8), seed)
-    return hashing.udp_source_port(h, 0, 0).astype(np.int64)
-
-
-def _decode(w) -> tuple:
-    """tuple_words (one row) as ints: zone, proto, orig src, dst, sport, dport, reply src, dst, sport, dport."""
-    w0, w1, w2, w3 = (int(x) & (2**64 - 1) for x in w)
-    return (w0 & 0xFFFF, (w0 >> 16) & 0xFF, w1 & 0xFFFFFFFF, w1 >> 32, w2 & 0xFFFF, (w2 >> 16) & 0xFFFF,
-            w2 >> 32, w3 & 0xFFFFFFFF, (w3 >> 32) & 0xFFFF, w3 >> 48)
 
 
 def _be(buf, at, n: int) -> np.ndarray:

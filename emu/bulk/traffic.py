@@ -954,7 +954,7 @@ class Traffic:
         left = s2 == 0
         if left.any():   # their server has not seen them yet
             fl = f[left]
-            cache.unadopt_syns(fl)
+            cache.unadopt(fl, server=False)
             self.srv_ns[fl], self.srv_ip[fl], self.srv_port[fl], self.peer_ip[fl], self.peer_port[fl] = -1, 0, 0, 0, 0
         synack = (s2 <= 1) & cache.has(2 * f + 1)
         if synack.any():
