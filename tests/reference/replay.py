@@ -105,13 +105,16 @@ def flow_refs(rows, refs, ref0):
     return out
 
 
-def in_index(table, fields: dict):
-    """(conn, direction) of the index entry (any, live or not) whose tuple is
-    `fields`, found by scanning the index, or None."""
+def in_index(table, fields: dict, direction=None):
+    """(conn, direction) of the index entry (any, live or not; of that
+    direction if given) whose tuple is `fields`, found by scanning the
+    index, or None."""
     for word in table.index.tolist():
         if word == 2**64 - 1:
             continue
         conn, d = (word & 0xFFFFFFFF) >> 1, word & 1
+        if direction is not None and d != direction:
+            continue
         rec = table.conns[conn]
         if all(int(rec[k]) == fields[k2] for k, k2 in zip(ORIG_FIELDS if d == 0 else REPLY_FIELDS, ORIG_FIELDS)):
             return conn, d
@@ -127,14 +130,12 @@ def _held(table, words):
     """The connection whose ORIGINAL index entry holds the words' original
     tuple, its record holding both of their tuples, or None. (A connection
     whose reply tuple is its original one has two index entries for it: the
-    ORIGINAL one is the one meant.)"""
+    kernel's probe meets the ORIGINAL one first, a scan may not.)"""
     w = words_tuple(*words)
-    for word in table.index.tolist():
-        if word != 2**64 - 1 and word & 1 == ct.ORIGINAL:
-            conn = (word & 0xFFFFFFFF) >> 1
-            if all(int(table.conns[conn][k]) == v for k, v in w.items()):
-                return conn
-    return None
+    hit = in_index(table, _two_tuples(words)[0], ct.ORIGINAL)
+    if hit is None or any(int(table.conns[hit[0]][k]) != v for k, v in w.items()):
+        return None
+    return hit[0]
 
 
 def _open_check(table, words, flags, opened, a):
@@ -143,7 +144,7 @@ def _open_check(table, words, flags, opened, a):
     (table, words) of what the packet inserts before it."""
     w = words_tuple(*words)
     orig, reply = _two_tuples(words)
-    hit = in_index(table, orig)
+    hit = in_index(table, orig, ct.ORIGINAL) or in_index(table, orig)   # (see _held)
     if hit is not None:
         rec = table.conns[hit[0]]
         if hit[1] != ct.ORIGINAL or any(int(rec[k]) != w[k] for k in REPLY_FIELDS) \
